@@ -114,6 +114,8 @@ install_engine() {
         printf '%s\n' "$host_version" >"$host_stamp"
     fi
     install -m 0755 "$ENGINE_DIR/pulumi-language-python.sh" "$VENV/bin/pulumi-language-python"
+    install -m 0755 "$ENGINE_DIR/pulumi-analyzer-policy-mlrelease-python.sh" \
+        "$VENV/bin/pulumi-analyzer-policy-mlrelease-python"
 
     # 3. The pinned release's own launcher scripts, from the sdk/v3 module in the module cache.
     local sdk_dir

@@ -1,0 +1,43 @@
+"""``VerifiedCheckpoint``: the record of the last release that passed verification.
+
+It is the last resource of a release and depends on every canary step, so it changes only when the whole
+release succeeded; a failed release leaves the previous checkpoint in place. Its outputs are exported as the
+stack output ``verified``, which the next release reads (the incumbent and its warm fallback) and rollback and
+audit read from stack history: live model, previous model, data digests, config digest, gate evidence and
+canary verdicts.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pulumi
+from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
+
+# Inputs whose change is a different verified release.
+_RECORDED = ("live", "previous", "data_digests", "config_digest", "evidence", "verdicts", "environment")
+
+
+class VerifiedCheckpointProvider(ResourceProvider):
+    """Stamps the time a release was verified; everything else is recorded as given."""
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        outs = {**props, "verified_at": time.time()}
+        return CreateResult(id_=f"{props['live']['version']}@{outs['verified_at']:.0f}", outs=outs)
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        changed = [key for key in _RECORDED if olds.get(key) != news.get(key)]
+        return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs={**news, "verified_at": time.time()})
+
+
+class VerifiedCheckpoint(pulumi.dynamic.Resource):
+    """The last verified release of a stack."""
+
+    verified_at: pulumi.Output[float]
+
+    def __init__(self, resource_name: str, record: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(VerifiedCheckpointProvider(), resource_name, {**record, "verified_at": None}, opts)
