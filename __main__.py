@@ -13,6 +13,15 @@ try:
 except SpecError as exc:
     raise pulumi.RunError(str(exc)) from None
 
-deployment = ModelDeployment(pulumi.get_stack(), spec, project_dir=Path(__file__).resolve().parent)
+stack = pulumi.get_stack()
+# The stack's own outputs hold its last verified release: the incumbent of this one.
+this_stack = pulumi.StackReference(f"{pulumi.get_organization()}/{pulumi.get_project()}/{stack}")
+deployment = ModelDeployment(
+    "release",
+    spec,
+    project_dir=Path(__file__).resolve().parent,
+    stack=stack,
+    verified=this_stack.get_output("verified"),
+)
 pulumi.export("model", {"name": spec.model.name, "version": spec.model.version, "sha256": spec.model.sha256})
-pulumi.export("artifact", deployment.artifact.artifact)
+pulumi.export("verified", deployment.checkpoint.record)

@@ -1,91 +1,156 @@
-"""``make demo``: a release story on the embedded local default, with the real engine.
+"""``make demo``: a release story on the embedded local default, with the real engine and real servers.
 
-It builds the deterministic sample models, then on a ``demo`` stack of the local ``file://`` backend:
-deploys v1, promotes v2, and shows a tampered artifact blocked at preview with the stack left unchanged.
-Each step prints what the engine did. The full gated, canaried release lands with the ModelDeployment work.
+On a ``demo`` stack of the local ``file://`` backend it deploys v1, promotes v2 through every canary step,
+blocks a worse candidate at a gate (the preview fails; state and traffic stay as they were), and catches a
+divergent candidate in the canary (traffic returns to v2 at once), printing each verdict. At the end the stack
+is destroyed (its history is kept) unless ``--keep`` is given. The config is ``Pulumi.staging.yaml``'s, with
+smaller canary steps so the story takes a few minutes.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import shutil
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
+import yaml
 from pulumi import automation as auto
 from rich.console import Console
 
 from automation.engine import PROJECT_DIR, select_stack
-from serving.sample_models import SampleModel, build_sample_models
+from components.targets.local import LocalTarget
+from serving.sample_models import SampleModels, build_sample_models
+from serving.sample_windows import build_sample_windows
 
 SAMPLE_DIR = PROJECT_DIR / ".mlrelease" / "sample"
 STACK = "demo"
-console = Console()
+console = Console(highlight=False)
 
 
-def _configure(stack: auto.Stack, model: SampleModel, model_dir: Path | None = None) -> None:
-    spec = {
-        "name": model.name,
-        "version": model.version,
-        "path": str(model_dir or model.model_dir),
-        "sha256": model.sha256,
+def base_config() -> dict[str, Any]:
+    """Staging's config (keys without the namespace), with a shorter canary for a demo."""
+    staging = yaml.safe_load((PROJECT_DIR / "Pulumi.staging.yaml").read_text())["config"]
+    config = {key.split(":", 1)[1]: value for key, value in staging.items()}
+    config["canary"] = {**config["canary"], "steps": [5, 50, 100], "min_pairs": 200, "synthetic_rps": 80}
+    return config
+
+
+def configure(stack: auto.Stack, config: dict[str, Any], built: SampleModels, variant: str) -> str:
+    model = built.models[variant]
+    release = {
+        **config,
+        "model": {**config["model"], "version": model.version, "path": str(model.model_dir), "sha256": model.sha256},
     }
-    stack.set_config("mlrelease:model", auto.ConfigValue(value=json.dumps(spec)))
+    stack.set_all_config(
+        {
+            f"mlrelease:{key}": auto.ConfigValue(value=json.dumps(value) if not isinstance(value, str) else value)
+            for key, value in release.items()
+        }
+    )
+    return model.version
 
 
-def _live(stack: auto.Stack) -> str:
-    outputs = stack.outputs()
-    model = outputs["model"].value if "model" in outputs else None
-    return f"{model['name']} {model['version']} sha256 {model['sha256'][:12]}…" if model else "nothing"
+def outputs_of(stack: auto.Stack, suffix: str) -> dict[str, Any]:
+    resources = stack.export_stack().deployment.get("resources", [])
+    return next(r["outputs"] for r in resources if r["urn"].endswith(f"::{suffix}"))
 
 
-def _up(stack: auto.Stack, what: str) -> None:
+def show_gates(stack: auto.Stack) -> None:
+    for gate in outputs_of(stack, "release-gates")["evidence"]["gates"].values():
+        console.print(f"    [green]gate {gate['gate']}[/]: {gate['summary']}")
+
+
+def show_steps(stack: auto.Stack) -> None:
+    for verdict in outputs_of(stack, "release-checkpoint")["verdicts"]:
+        console.print(f"    [green]step {verdict['step']} ({verdict['weight']:g}%)[/]: {verdict['explanation']}")
+
+
+def routes(target: LocalTarget) -> str:
+    live = target.routes()
+    return (
+        ", ".join(f"{version} {weight:g}%" for version, weight in live.weights.items()) + f" (primary {live.primary})"
+    )
+
+
+def failure_line(exc: auto.CommandError) -> str:
+    """The diagnostic that says why the engine stopped: a gate's, a canary step's or the policy's verdict."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    markers = ("gate ", "canary step", "prod policy")
+    reason = next((line for line in lines if any(m in line for m in markers)), "see `pulumi stack history`")
+    return reason.split("has a problem: ", 1)[-1].split("Exception: ", 1)[-1]
+
+
+def run(keep: bool) -> int:
     started = time.monotonic()
-    result = stack.up(on_output=lambda _line: None)
-    changes = ", ".join(f"{n} {kind}" for kind, n in sorted(result.summary.resource_changes.items()))
-    console.print(f"[green]✓[/] {what}: pulumi up {result.summary.result} in {time.monotonic() - started:.1f}s ({changes})")
-    console.print(f"  live: {_live(stack)}")
-
-
-def main() -> int:
-    console.rule("mlrelease demo — local target, real Pulumi engine")
-    started = time.monotonic()
+    console.rule("mlrelease demo: local target, real Pulumi engine, real model servers")
     built = build_sample_models(SAMPLE_DIR)
-    console.print(f"built {len(built.models)} sample models in {SAMPLE_DIR.relative_to(PROJECT_DIR)}")
-    incumbent, candidate = built.models["incumbent"], built.models["good"]
-
+    build_sample_windows(built.holdout.parent)
+    console.print(f"sample models and data built in {SAMPLE_DIR.relative_to(PROJECT_DIR)}")
     stack = select_stack(STACK)
-    _configure(stack, incumbent)
-    _up(stack, f"deploy {incumbent.version}")
-
-    _configure(stack, candidate)
-    _up(stack, f"promote {candidate.version}")
-
-    tampered = SAMPLE_DIR / "tampered"
-    shutil.rmtree(tampered, ignore_errors=True)
-    shutil.copytree(candidate.model_dir, tampered)
-    with open(tampered / "model.joblib", "ab") as artifact:
-        artifact.write(b"\0")
-    before = stack.export_stack().deployment
-    _configure(stack, candidate, model_dir=tampered)
+    target = LocalTarget.for_stack(PROJECT_DIR, STACK)
+    config = base_config()
+    stack.destroy(on_output=lambda _line: None)  # a kept earlier demo: start the story from nothing
+    ok = True
     try:
-        stack.preview(on_output=lambda _line: None)
-    except auto.CommandError as exc:
-        reason = next((line.strip() for line in str(exc).splitlines() if "sha256" in line and "error" in line), "")
-        console.print(f"[red]✗[/] tampered artifact blocked at preview:\n  {reason}")
-    else:
-        console.print("[red]tampered artifact was NOT blocked[/]")
-        return 1
+        version = configure(stack, config, built, "incumbent")
+        console.print(f"\n[bold]1. deploy {version}[/] (first release: absolute gates, then 100 %)")
+        stack.up(on_output=lambda _line: None)
+        show_gates(stack)
+        console.print(f"    live: {routes(target)}")
+
+        version = configure(stack, config, built, "good")
+        console.print(f"\n[bold]2. promote {version}[/] through the canary steps")
+        stack.up(on_output=lambda _line: None)
+        show_gates(stack)
+        show_steps(stack)
+        console.print(f"    live: {routes(target)}")
+
+        for n, variant, what in (
+            (3, "worse", "a worse model: blocked at a gate"),
+            (4, "divergent", "a divergent model: caught in the canary"),
+        ):
+            version = configure(stack, config, built, variant)
+            if variant == "divergent":  # passes the offline gates (it flips one region only): widen evaluation
+                stack.set_config(
+                    "mlrelease:gates",
+                    auto.ConfigValue(
+                        value=json.dumps(
+                            {**config["gates"], "evaluation": {**config["gates"]["evaluation"], "tolerance": 0.05}}
+                        )
+                    ),
+                )
+            console.print(f"\n[bold]{n}. {version}: {what}[/]")
+            before = routes(target)
+            try:
+                stack.up(on_output=lambda _line: None)
+            except auto.CommandError as exc:
+                console.print(f"    [red]blocked[/]: {failure_line(exc)}")
+            else:
+                console.print("    [red]NOT blocked: this is a bug[/]")
+                ok = False
+            after = routes(target)
+            console.print(f"    live: {after}" + ("  (unchanged)" if after == before else ""))
+        configure(stack, config, built, "good")
+        history = stack.history()
+        verified = stack.outputs()["verified"].value["live"]["version"]
+        console.print(
+            f"\nverified checkpoint: {verified}; stack history: " + ", ".join(f"{h.result}" for h in reversed(history))
+        )
     finally:
-        _configure(stack, candidate)
-    unchanged = stack.export_stack().deployment == before
-    console.print(f"  stack state unchanged: {unchanged}; live: {_live(stack)}")
-    history = stack.history()
-    console.print(f"stack history: {len(history)} updates; latest {history[0].result} at {history[0].end_time}")
+        if not keep:
+            stack.destroy(on_output=lambda _line: None)
+            console.print("demo stack destroyed (its history is kept); run with --keep to leave it serving")
     console.rule(f"done in {time.monotonic() - started:.0f}s")
-    return 0 if unchanged else 1
+    return 0 if ok else 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="leave the demo stack running at the end")
+    sys.exit(run(parser.parse_args().keep))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -56,9 +56,7 @@ def select_stack(
     create: bool = True,
 ) -> auto.Stack:
     """Select (or create) ``stack_name`` of the Pulumi project in ``work_dir`` with the engine environment."""
-    opts = auto.LocalWorkspaceOptions(
-        work_dir=str(work_dir), env_vars=engine_env(env), pulumi_command=pulumi_command()
-    )
+    opts = auto.LocalWorkspaceOptions(work_dir=str(work_dir), env_vars=engine_env(env), pulumi_command=pulumi_command())
     if create:
         return auto.create_or_select_stack(stack_name, work_dir=str(work_dir), opts=opts)
     return auto.select_stack(stack_name, work_dir=str(work_dir), opts=opts)

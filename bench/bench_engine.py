@@ -99,9 +99,7 @@ def main() -> None:
     if args.cold:
         report("cold setup (fresh clone)", cold_setup())
     warm = timed(
-        lambda: subprocess.run(
-            ["bash", "scripts/setup.sh"], cwd=PROJECT_DIR, check=True, capture_output=True
-        ),
+        lambda: subprocess.run(["bash", "scripts/setup.sh"], cwd=PROJECT_DIR, check=True, capture_output=True),
         args.runs,
     )
     with tempfile.TemporaryDirectory() as tmp:

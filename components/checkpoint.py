@@ -16,7 +16,7 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
 # Inputs whose change is a different verified release.
-_RECORDED = ("live", "previous", "data_digests", "config_digest", "evidence", "verdicts", "environment")
+_RECORDED = ("live", "previous", "config", "data_digests", "config_digest", "evidence", "verdicts", "environment")
 
 
 class VerifiedCheckpointProvider(ResourceProvider):
@@ -37,7 +37,21 @@ class VerifiedCheckpointProvider(ResourceProvider):
 class VerifiedCheckpoint(pulumi.dynamic.Resource):
     """The last verified release of a stack."""
 
+    live: pulumi.Output[dict]
+    previous: pulumi.Output[dict | None]
+    config_digest: pulumi.Output[str]
+    data_digests: pulumi.Output[dict]
+    environment: pulumi.Output[str]
     verified_at: pulumi.Output[float]
 
     def __init__(self, resource_name: str, record: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(VerifiedCheckpointProvider(), resource_name, {**record, "verified_at": None}, opts)
+        # What the next release, rollback and audit read from the stack's outputs.
+        self.record = pulumi.Output.all(
+            live=self.live,
+            previous=self.previous,
+            environment=self.environment,
+            config_digest=self.config_digest,
+            data_digests=self.data_digests,
+            verified_at=self.verified_at,
+        )

@@ -1,22 +1,95 @@
-"""``ModelDeployment``: the component that turns a stack's release spec into resources.
+"""``ModelDeployment``: the component that turns a stack's release spec into a gated, canaried release.
 
-Children are parented to the component and keep stable names: renaming a child would make Pulumi replace it.
+Resources, in dependency order (children of the component, with stable names: renaming one replaces it):
+
+    <name>-gates        artifact and data digests, then the evaluation, latency, memory and drift gates, all
+                        in ``check`` (every preview and up), before any resource changes
+    <name>-runtime      the target's shared runtime (router, telemetry)
+    <name>-versions     candidate served next to the incumbent; the previous version kept warm
+    <name>-canary-<i>   one resource per traffic step, each after the previous
+    <name>-checkpoint   the verified release: changes only when every step passed
+
+The incumbent is the live model of the stack's last verified checkpoint, read from the stack's own outputs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import time
 from pathlib import Path
+from typing import Any
 
 import pulumi
 
-from components.model_artifact import ModelArtifact
-from components.spec import ReleaseSpec
+from components.canary_step import CanaryStep
+from components.checkpoint import VerifiedCheckpoint
+from components.gate_inputs import SCHEMA_FILE, FeatureSchema
+from components.release_gates import ReleaseGates
+from components.serving_runtime import ModelVersions, ServingRuntime
+from components.spec import ReleaseSpec, resolve
+from components.targets.base import RuntimeConfig
+from components.targets.local import LocalTarget
 
 TYPE_TOKEN = "mlrelease:index:ModelDeployment"
 
 
+def model_ref(spec: ReleaseSpec, project_dir: Path) -> dict[str, str]:
+    """The candidate as the gates and the target address it."""
+    model = spec.model
+    return {
+        "name": model.name,
+        "version": model.version,
+        "model_dir": str(model.model_dir(project_dir)),
+        "sha256": model.sha256,
+    }
+
+
+def feature_names(spec: ReleaseSpec, project_dir: Path) -> list[str] | None:
+    """Feature columns from the model's schema (or the one beside the held-out set), for the inference log.
+
+    None when there is no schema: the gates then stop the release with an error that says what to add.
+    """
+    model_dir, holdout = spec.model.model_dir(project_dir), resolve(spec.data.holdout, project_dir)
+    for path in (model_dir / SCHEMA_FILE, holdout.parent / SCHEMA_FILE):
+        try:
+            return FeatureSchema.model_validate_json(path.read_bytes()).names
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def config_digest(spec: ReleaseSpec) -> str:
+    """sha256 of the validated release config, so audit can tell two configurations apart."""
+    return hashlib.sha256(json.dumps(spec.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    return bool(a and b) and (a["version"], a["sha256"]) == (b["version"], b["sha256"])
+
+
+def release_roles(
+    verified: dict[str, Any] | None, candidate: dict[str, str], window_seconds: float, now: float
+) -> dict[str, Any]:
+    """Which model is the incumbent the candidate is judged against, and which stays warm beside it.
+
+    - no verified release yet: first release, no incumbent;
+    - the candidate is already the verified live model (nothing changed): the incumbent stays the one it
+      was verified against, so every input is unchanged and the update changes nothing; that previous
+      model stays warm until the rollback window has passed;
+    - otherwise the verified live model is the incumbent, warm beside the candidate.
+    """
+    if not verified:
+        return {"incumbent": None, "warm": None}
+    live, previous = verified.get("live"), verified.get("previous")
+    if _same(live, candidate):
+        within = now < float(verified.get("verified_at") or 0) + window_seconds
+        return {"incumbent": previous, "warm": previous if within else None}
+    return {"incumbent": live, "warm": live}
+
+
 class ModelDeployment(pulumi.ComponentResource):
-    """A model release on one stack; today it verifies and records the artifact to be served."""
+    """A model release on one stack: gates, canary steps and the verified checkpoint."""
 
     def __init__(
         self,
@@ -24,24 +97,76 @@ class ModelDeployment(pulumi.ComponentResource):
         spec: ReleaseSpec,
         *,
         project_dir: Path,
+        stack: str,
+        verified: pulumi.Input[dict[str, Any] | None],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(TYPE_TOKEN, name, None, opts)
-        model = spec.model
-        self.artifact = ModelArtifact(
-            f"{name}-artifact",
-            model_dir=str(model.model_dir(project_dir)),
-            sha256=model.sha256,
-            name=model.name,
-            version=model.version,
-            opts=pulumi.ResourceOptions(parent=self),
+        child = pulumi.ResourceOptions(parent=self)
+        run_dir = LocalTarget.for_stack(project_dir, stack).run_dir
+        candidate = model_ref(spec, project_dir)
+        roles = pulumi.Output.from_input(verified).apply(
+            lambda v: release_roles(v, candidate, spec.rollback.window_seconds, time.time())
         )
-        self.model_version = pulumi.Output.from_input(model.version)
-        self.model_sha256 = pulumi.Output.from_input(model.sha256)
-        self.register_outputs(
+        incumbent = roles.apply(lambda r: r["incumbent"])
+
+        self.gates = ReleaseGates(
+            f"{name}-gates",
+            spec=spec,
+            candidate=candidate,
+            incumbent=incumbent,
+            project_dir=project_dir,
+            work_dir=run_dir,
+            inference_log_dir=run_dir / "log",
+            opts=child,
+        )
+        self.runtime = ServingRuntime(
+            f"{name}-runtime",
+            run_dir=run_dir,
+            config=RuntimeConfig(
+                model_name=spec.model.name,
+                feature_names=feature_names(spec, project_dir),
+                shadow_fraction=spec.canary.shadow_fraction,
+                decision_threshold=spec.canary.comparison.decision_threshold,
+            ),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.gates]),
+        )
+        self.versions = ModelVersions(
+            f"{name}-versions",
+            run_dir=run_dir,
+            candidate=candidate,
+            warm=roles.apply(lambda r: r["warm"]),
+            synthetic_rps=spec.canary.synthetic_rps,
+            traffic_rows=resolve(spec.data.holdout, project_dir),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.runtime, self.gates]),
+        )
+        previous: pulumi.Resource = self.versions
+        self.steps: list[CanaryStep] = []
+        for index, weight in enumerate(spec.canary.steps, start=1):
+            step = CanaryStep(
+                f"{name}-canary-{index}",
+                run_dir=run_dir,
+                index=index,
+                weight=weight,
+                candidate=candidate["version"],
+                incumbent=incumbent.apply(lambda m: m["version"] if m else None),
+                canary=spec.canary,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
+            )
+            self.steps.append(step)
+            previous = step
+        self.checkpoint = VerifiedCheckpoint(
+            f"{name}-checkpoint",
             {
-                "model_version": self.model_version,
-                "model_sha256": self.model_sha256,
-                "artifact": self.artifact.artifact,
-            }
+                "environment": spec.environment,
+                "live": candidate,
+                "previous": incumbent,
+                "config": spec.model_dump(mode="json"),
+                "config_digest": config_digest(spec),
+                "data_digests": self.gates.evidence.apply(lambda e: e["data"] if e else None),
+                "evidence": self.gates.evidence,
+                "verdicts": [step.verdict for step in self.steps],
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
         )
+        self.register_outputs({"verified": self.checkpoint.record, "routes": self.steps[-1].verdict})

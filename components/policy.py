@@ -8,6 +8,7 @@ the configured value, the bound and by how much it is exceeded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -50,16 +51,21 @@ PROD_BOUNDS: tuple[Bound, ...] = (
 )
 
 
-def _lookup(spec: dict[str, Any], key: str) -> Any:
+def _lookup(spec: Mapping[str, Any], key: str) -> Any:
+    """The value at a dotted key; list indices are digits. Works on the policy SDK's read-only proxies too."""
     value: Any = spec
     for part in key.split("."):
-        value = value[int(part)] if isinstance(value, list) else value.get(part)
+        if part.isdigit():
+            index = int(part)
+            value = value[index] if isinstance(value, Sequence) and index < len(value) else None
+        else:
+            value = value.get(part) if isinstance(value, Mapping) else None
         if value is None:
             return None
     return value
 
 
-def violations(spec: ReleaseSpec | dict[str, Any], environment: str | None = None) -> list[str]:
+def violations(spec: ReleaseSpec | Mapping[str, Any], environment: str | None = None) -> list[str]:
     """Every prod bound the spec breaks, one explained line each; empty outside prod."""
     data = spec.model_dump() if isinstance(spec, ReleaseSpec) else spec
     if (environment or data.get("environment")) != "prod":

@@ -2,45 +2,191 @@
 
 Stack config is the only input a release has, so every key is checked before any resource is touched:
 the error names the key as it is written in ``Pulumi.<stack>.yaml``, the bad value and what is allowed.
+There is deliberately no key that disables a gate or skips the canary: thresholds can be tuned, gates
+cannot be turned off, and prod thresholds are bounded by ``components/policy.py``.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 NAMESPACE = "mlrelease"
+SHA256 = r"^[0-9a-f]{64}$"
 
 
 class SpecError(ValueError):
     """Stack config that cannot describe a release; the message is one line naming key, value and fix."""
 
 
-class ModelSpec(BaseModel):
-    """The model a stack should serve: an MLServer model directory and the digest its artifact must have."""
-
+class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def resolve(path: str, project_dir: Path) -> Path:
+    """A configured path as an absolute path (relative paths are taken from the project directory)."""
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else (project_dir / candidate).resolve()
+
+
+class ModelSpec(_Strict):
+    """The model a stack should serve: an MLServer model directory and the digest its artifact must have."""
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="model name clients call")
     version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", description="version label")
     path: str = Field(min_length=1, description="model directory, absolute or relative to the project")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the artifact (64 lowercase hex)")
+    sha256: str = Field(pattern=SHA256, description="sha256 of the artifact (64 lowercase hex)")
 
     def model_dir(self, project_dir: Path) -> Path:
-        """The model directory as an absolute path (relative paths are taken from the project directory)."""
-        path = Path(self.path)
-        return path if path.is_absolute() else (project_dir / path).resolve()
+        """The model directory as an absolute path."""
+        return resolve(self.path, project_dir)
 
 
-class ReleaseSpec(BaseModel):
+class DataSpec(_Strict):
+    """The datasets the gates read; each is pinned by its digest so evidence names exactly what was used."""
+
+    holdout: str = Field(min_length=1, description="held-out rows with features and the label (parquet)")
+    holdout_sha256: str = Field(pattern=SHA256, description="sha256 of the held-out file")
+    label: str = Field(default="default", min_length=1, description="label column of the held-out set")
+    drift_reference: str | None = Field(
+        default=None, description="prior week's input rows (parquet); default: the router's inference log"
+    )
+    drift_current: str | None = Field(
+        default=None, description="current window's input rows (parquet); default: the router's inference log"
+    )
+    drift_window_hours: float = Field(
+        default=24.0, gt=0, le=168, description="inference-log window length; the reference is 7 days earlier"
+    )
+
+    @model_validator(mode="after")
+    def _both_drift_windows_or_neither(self) -> DataSpec:
+        if (self.drift_reference is None) != (self.drift_current is None):
+            raise ValueError(
+                "set both drift_reference and drift_current, or neither (then both windows come from the"
+                " router's inference log)"
+            )
+        return self
+
+
+class EvaluationGate(_Strict):
+    """Non-inferiority on the held-out set, served exactly as in production, plus an absolute floor."""
+
+    metric: Literal["roc_auc", "gini", "ks", "log_loss", "brier", "f1", "rmse", "mae"] = "roc_auc"
+    tolerance: float = Field(default=0.01, ge=0, le=0.2, description="allowed loss against the incumbent")
+    floor: float = Field(default=0.70, description="worst acceptable candidate value")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    n_boot: int = Field(default=1000, ge=200, le=20000)
+
+
+class LatencyGate(_Strict):
+    """p99 (and p50) upper confidence bounds of the served candidate, at a constant request rate."""
+
+    p99_ms: float = Field(default=100.0, gt=0)
+    p50_ms: float | None = Field(default=50.0, gt=0)
+    rate_rps: float = Field(default=100.0, gt=0, le=2000)
+    requests: int = Field(default=1000, ge=300, le=100_000, description=">= 299 for a 95 % bound on p99")
+    warmup_requests: int = Field(default=100, ge=0, le=10_000)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+
+class MemoryGate(_Strict):
+    """Resident memory of the serving process tree, peak and after warm-up."""
+
+    max_mb: float = Field(default=512.0, gt=0)
+
+
+class DriftGate(_Strict):
+    """Input drift of the current window against the prior week's (PSI and a corrected test per feature)."""
+
+    psi_threshold: float = Field(default=0.25, gt=0)
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    correction: Literal["bh", "bonferroni"] = "bh"
+
+
+class GatesSpec(_Strict):
+    """Thresholds of the four gates. Every gate always runs; only thresholds are configurable."""
+
+    evaluation: EvaluationGate = EvaluationGate()
+    latency: LatencyGate = LatencyGate()
+    memory: MemoryGate = MemoryGate()
+    drift: DriftGate = DriftGate()
+
+
+class ComparisonSpec(_Strict):
+    """Tolerances of the paired prediction comparison (equivalence bounds, decided sequentially)."""
+
+    decision_threshold: float = Field(default=0.5, gt=0, lt=1)
+    max_disagreement: float = Field(default=0.02, gt=0, lt=1)
+    max_abs_diff_p99: float = Field(default=0.10, gt=0)
+    max_bias: float = Field(default=0.02, gt=0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+
+class JudgeSpec(_Strict):
+    """The statistical judge of the candidate's error rate and latency against the incumbent's."""
+
+    confidence: float = Field(default=0.98, gt=0.5, lt=1)
+    tolerance: float = Field(default=0.25, ge=0)
+    max_error_rate_increase: float = Field(default=0.01, gt=0, lt=1)
+    latency_allowed_increase: float = Field(default=1.2, ge=1, description="canary/baseline mean ratio")
+
+
+class CanarySpec(_Strict):
+    """Traffic steps and what each step must show before the next one starts."""
+
+    steps: list[float] = Field(default=[5, 25, 50, 100], min_length=1, description="percent, increasing, ends at 100")
+    bake_seconds: float = Field(default=0.0, ge=0, le=86_400)
+    min_pairs: int = Field(default=300, ge=30, description="shadow pairs a step needs before it may pass")
+    max_pairs: int = Field(default=3000, ge=30)
+    max_bake_seconds: float = Field(
+        default=120.0, gt=0, description="deadline for min_pairs; missing telemetry fails the step"
+    )
+    shadow_fraction: float = Field(default=1.0, gt=0, le=1)
+    synthetic_rps: float = Field(
+        default=0.0, ge=0, le=2000, description="local target: replay held-out rows at this rate during bakes"
+    )
+    comparison: ComparisonSpec = ComparisonSpec()
+    judge: JudgeSpec = JudgeSpec()
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_to_100(cls, steps: list[float]) -> list[float]:
+        if any(not 0 < s <= 100 for s in steps) or any(b <= a for a, b in itertools.pairwise(steps)):
+            raise ValueError("steps must be increasing percentages in (0, 100]")
+        if any(s != int(s) for s in steps):
+            raise ValueError("steps must be whole percentages (the router splits traffic in whole percent)")
+        if steps[-1] != 100:
+            raise ValueError("the last step must be 100 (full promotion)")
+        return steps
+
+    @field_validator("max_pairs")
+    @classmethod
+    def _max_at_least_min(cls, max_pairs: int, info: Any) -> int:
+        if max_pairs < info.data.get("min_pairs", 0):
+            raise ValueError("max_pairs must be >= min_pairs")
+        return max_pairs
+
+
+class RollbackSpec(_Strict):
+    """How long the previous verified version stays warm (serving shadow copies) after a promotion."""
+
+    window_seconds: float = Field(default=3600.0, ge=0, le=30 * 86_400)
+
+
+class ReleaseSpec(_Strict):
     """Everything a stack's config says about a release."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+    environment: Literal["staging", "prod"] = "staging"
+    target: Literal["local"] = "local"
     model: ModelSpec
+    data: DataSpec
+    gates: GatesSpec = GatesSpec()
+    canary: CanarySpec = CanarySpec()
+    rollback: RollbackSpec = RollbackSpec()
 
 
 def load_spec(config: Mapping[str, Any]) -> ReleaseSpec:
@@ -56,28 +202,31 @@ def load_spec(config: Mapping[str, Any]) -> ReleaseSpec:
         if error["type"] == "extra_forbidden":
             raise SpecError(
                 f"stack config {key} is not a known key: remove it or fix its spelling"
-                f" (allowed: {_allowed(error['loc'])})"
+                f" (allowed: {', '.join(_fields_at(error['loc'][:-1]))})"
             ) from None
+        message = error["msg"].removeprefix("Value error, ")
         raise SpecError(
-            f"stack config {key} = {error.get('input')!r} is not allowed: {error['msg']}"
-            f"{_described(error['loc'])}"
+            f"stack config {key} = {error.get('input')!r} is not allowed: {message}{_described(error['loc'])}"
         ) from None
 
 
-def _allowed(loc: tuple[int | str, ...]) -> str:
+def _model_at(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
     model: type[BaseModel] = ReleaseSpec
-    for part in loc[:-1]:
+    for part in loc:
         field = model.model_fields.get(str(part))
         annotation = field.annotation if field else None
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            break
+            return None
         model = annotation
-    return ", ".join(model.model_fields)
+    return model
+
+
+def _fields_at(loc: tuple[int | str, ...]) -> list[str]:
+    model = _model_at(loc)
+    return list(model.model_fields) if model else []
 
 
 def _described(loc: tuple[int | str, ...]) -> str:
-    if len(loc) == 2 and loc[0] == "model":
-        field = ModelSpec.model_fields.get(str(loc[1]))
-        if field and field.description:
-            return f" (expected: {field.description})"
-    return ""
+    model = _model_at(loc[:-1])
+    field = model.model_fields.get(str(loc[-1])) if model else None
+    return f" (expected: {field.description})" if field and field.description else ""

@@ -66,8 +66,7 @@ def read_settings(model_dir: Path) -> ModelSettings:
         first = exc.errors()[0] if isinstance(exc, ValidationError) else {"loc": (), "msg": str(exc)}
         where = ".".join(str(part) for part in first["loc"]) or "file"
         raise ModelDirError(
-            f"{settings_path} is invalid at {where}: {first['msg']}; it needs name, implementation "
-            "and parameters.uri"
+            f"{settings_path} is invalid at {where}: {first['msg']}; it needs name, implementation and parameters.uri"
         ) from None
 
 

@@ -1,82 +1,151 @@
-"""Fixtures for tests that run the real Pulumi engine on a temporary ``file://`` backend."""
+"""Fixtures for tests that run the real Pulumi engine and the real local target.
+
+Each module gets a copy of the mlrelease program in a temp dir (so stack config files and the run directory
+never land in the repo), a fresh ``file://`` backend, and the deterministic sample models and drift windows.
+Whatever a test's stacks leave running is stopped at teardown.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pulumi import automation as auto
 
 from automation.engine import PROJECT_DIR, VENV_DIR, select_stack
-from serving.artifacts import file_sha256
+from components.targets.local import LocalTarget
+from serving.sample_models import SampleModels, build_sample_models
+from serving.sample_windows import SampleWindows, build_sample_windows
+
+# Small enough for a 2-core CI machine, large enough for every statistic to have its samples.
+FAST_CANARY = {"steps": [5, 50, 100], "min_pairs": 120, "max_bake_seconds": 60, "synthetic_rps": 80}
+# Latency and memory limits with room for a machine shared with other test processes; the tests that want a
+# gate to fail set their own.
+ROOMY_GATES = {"latency": {"p99_ms": 250, "p50_ms": 150, "requests": 600}, "memory": {"max_mb": 640}}
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _engine_installed() -> None:
     """Fail (never skip) when the engine is missing: CI must always run these tests."""
-    missing = [
-        name
-        for name in ("pulumi", "pulumi-language-python", "pulumi-resource-pulumi-python")
-        if not (VENV_DIR / "bin" / name).exists()
-    ]
+    names = ("pulumi", "pulumi-language-python", "pulumi-resource-pulumi-python")
+    missing = [name for name in names if not (VENV_DIR / "bin" / name).exists()]
     if missing:
         pytest.fail(f"engine binaries missing from .venv/bin: {missing}; run 'make setup'")
 
 
-@pytest.fixture
-def backend(tmp_path: Path) -> dict[str, str]:
-    """A fresh local backend for one test: nothing leaks between tests or into the project's state."""
-    state = tmp_path / "state"
-    state.mkdir()
-    return {"PULUMI_BACKEND_URL": state.as_uri(), "PULUMI_CONFIG_PASSPHRASE": "test"}
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[SampleModels, SampleWindows]:
+    """Every sample model variant with its held-out set, and the drift windows beside it."""
+    root = tmp_path_factory.mktemp("sample")
+    models = build_sample_models(root)
+    return models, build_sample_windows(models.holdout.parent)
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A copy of the mlrelease program in a temp dir, so stack config files never land in the repo."""
-    work = tmp_path / "project"
-    work.mkdir()
-    shutil.copy(PROJECT_DIR / "__main__.py", work / "__main__.py")
-    (work / "Pulumi.yaml").write_text(
-        f"name: mlrelease\nruntime:\n  name: python\n  options:\n    virtualenv: {VENV_DIR}\n"
-    )
-    return work
+class Project:
+    """A copy of the program, its backend, and helpers to configure and inspect its stacks."""
 
+    def __init__(self, root: Path, sample: tuple[SampleModels, SampleWindows]) -> None:
+        self.dir = root / "project"
+        self.dir.mkdir()
+        shutil.copy(PROJECT_DIR / "__main__.py", self.dir / "__main__.py")
+        (self.dir / "Pulumi.yaml").write_text(
+            f"name: mlrelease\nruntime:\n  name: python\n  options:\n    virtualenv: {VENV_DIR}\n"
+        )
+        (root / "state").mkdir()
+        self.env = {
+            **os.environ,
+            "PULUMI_BACKEND_URL": (root / "state").as_uri(),
+            "PULUMI_CONFIG_PASSPHRASE": "test",
+        }
+        self.models, self.windows = sample
+        self.stacks: list[str] = []
 
-@pytest.fixture
-def model_dir(tmp_path: Path) -> Path:
-    """A minimal MLServer model directory: the digest check needs the settings and the artifact bytes."""
-    path = tmp_path / "model"
-    path.mkdir()
-    (path / "model.joblib").write_bytes(b"not a real model, but real bytes with a real digest")
-    (path / "model-settings.json").write_text(
-        json.dumps(
+    def stack(self, name: str) -> auto.Stack:
+        self.stacks.append(name)
+        return select_stack(name, work_dir=self.dir, env=self.env)
+
+    def target(self, stack: str) -> LocalTarget:
+        return LocalTarget.for_stack(self.dir, stack)
+
+    def config(self, variant: str, *, drift: str = "current", **sections: dict[str, Any]) -> dict[str, Any]:
+        """The stack config of a release of sample ``variant`` (``sections`` override whole sections)."""
+        model = self.models.models[variant]
+        windows = self.windows
+        config: dict[str, Any] = {
+            "model": {
+                "name": model.name,
+                "version": model.version,
+                "path": str(model.model_dir),
+                "sha256": model.sha256,
+            },
+            "data": {
+                "holdout": str(self.models.holdout),
+                "holdout_sha256": self.models.holdout_sha256,
+                "drift_reference": str(windows.reference),
+                "drift_current": str(windows.current if drift == "current" else windows.shifted),
+            },
+            "canary": FAST_CANARY,
+            "gates": ROOMY_GATES,
+        }
+        config.update(sections)
+        return config
+
+    def configure(self, stack: auto.Stack, config: dict[str, Any]) -> None:
+        """Replace the stack's mlrelease:* config with ``config``."""
+        for key in list(stack.get_all_config()):
+            if key.startswith("mlrelease:"):
+                stack.remove_config(key)
+        stack.set_all_config(
             {
-                "name": "credit-default",
-                "implementation": "mlserver_sklearn.SKLearnModel",
-                "parameters": {"uri": "./model.joblib", "version": "v1"},
+                f"mlrelease:{key}": auto.ConfigValue(value=value if isinstance(value, str) else json.dumps(value))
+                for key, value in config.items()
             }
         )
-    )
-    return path
+
+    def teardown(self) -> None:
+        for name in self.stacks:
+            self.target(name).destroy()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, sample) -> Iterator[Project]:
+    proj = Project(tmp_path_factory.mktemp("engine"), sample)
+    try:
+        yield proj
+    finally:
+        proj.teardown()
+
+
+def release_resources(stack: auto.Stack) -> list[dict]:
+    """Everything but what the engine re-reads on every run: the default dynamic provider records the stack's
+    config (so it follows config edits even when the update fails) and the stack's reference to itself records
+    the outputs it read. Release resources must not change."""
+    resources = stack.export_stack().deployment.get("resources", [])
+    skip = ("pulumi:providers:", "pulumi:pulumi:StackReference")
+    return [r for r in resources if not r["type"].startswith(skip)]
+
+
+def resource(stack: auto.Stack, suffix: str) -> dict:
+    [found] = [r for r in release_resources(stack) if r["urn"].endswith(f"::{suffix}")]
+    return found
 
 
 @pytest.fixture
-def stack_factory(project: Path, backend: dict[str, str]):
-    """Create a stack of the copied program on the temp backend."""
+def unchanged() -> Callable[[auto.Stack, LocalTarget], Callable[[], None]]:
+    """Snapshot release state and live traffic; the returned function asserts both are unchanged."""
 
-    def make(name: str = "test"):
-        return select_stack(name, work_dir=project, env=_merged_env(backend))
+    def snapshot(stack: auto.Stack, target: LocalTarget) -> Callable[[], None]:
+        before = (release_resources(stack), target.routes().model_dump())
 
-    return make
+        def check() -> None:
+            assert release_resources(stack) == before[0], "stack state changed"
+            assert target.routes().model_dump() == before[1], "live traffic changed"
 
+        return check
 
-def _merged_env(overrides: dict[str, str]) -> dict[str, str]:
-    import os
-
-    return {**os.environ, **overrides}
-
-
-def digest(path: Path) -> str:
-    return file_sha256(path / "model.joblib")
+    return snapshot

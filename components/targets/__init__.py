@@ -1,0 +1,1 @@
+"""Serving targets: one interface (``base``), one module per target."""

@@ -1,0 +1,1 @@
+"""Canary step runner and local target tests against real processes."""

@@ -1,0 +1,1 @@
+"""Gate runner tests against real model servers."""
