@@ -21,4 +21,4 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 bench: setup
-	$(PY) bench/bench_engine.py
+	$(PY) bench/bench_release.py
