@@ -112,15 +112,6 @@ def run(keep: bool) -> int:
             (4, "divergent", "a divergent model: caught in the canary"),
         ):
             version = configure(stack, config, built, variant)
-            if variant == "divergent":  # passes the offline gates (it flips one region only): widen evaluation
-                stack.set_config(
-                    "mlrelease:gates",
-                    auto.ConfigValue(
-                        value=json.dumps(
-                            {**config["gates"], "evaluation": {**config["gates"]["evaluation"], "tolerance": 0.05}}
-                        )
-                    ),
-                )
             console.print(f"\n[bold]{n}. {version}: {what}[/]")
             before = routes(target)
             try:

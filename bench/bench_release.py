@@ -27,7 +27,8 @@ from pathlib import Path
 
 from pulumi import automation as auto
 
-from automation.engine import PROJECT_DIR, VENV_DIR, select_stack
+from automation.engine import PROJECT_DIR, select_stack
+from automation.sandbox import copy_program, sample_config
 from components.targets.local import LocalTarget
 from serving.sample_models import build_sample_models
 from serving.sample_windows import build_sample_windows
@@ -66,33 +67,14 @@ class Bench:
     def __init__(self, tmp: Path) -> None:
         self.models = build_sample_models(tmp / "sample")
         self.windows = build_sample_windows(self.models.holdout.parent)
-        self.project = tmp / "project"
-        self.project.mkdir()
-        (self.project / "__main__.py").write_text((PROJECT_DIR / "__main__.py").read_text())
-        (self.project / "Pulumi.yaml").write_text(
-            f"name: mlrelease\nruntime:\n  name: python\n  options:\n    virtualenv: {VENV_DIR}\n"
-        )
+        self.project = copy_program(tmp / "project")
         (tmp / "state").mkdir()
         env = {**os.environ, "PULUMI_BACKEND_URL": (tmp / "state").as_uri(), "PULUMI_CONFIG_PASSPHRASE": "bench"}
         self.stack = select_stack("bench", work_dir=self.project, env=env)
 
     def configure(self, variant: str) -> None:
-        model = self.models.models[variant]
-        config = {
-            "model": {
-                "name": model.name,
-                "version": model.version,
-                "path": str(model.model_dir),
-                "sha256": model.sha256,
-            },
-            "data": {
-                "holdout": str(self.models.holdout),
-                "holdout_sha256": self.models.holdout_sha256,
-                "drift_reference": str(self.windows.reference),
-                "drift_current": str(self.windows.current),
-            },
-            "canary": {"steps": STEPS, "bake_seconds": 0, "min_pairs": 300, "synthetic_rps": 100},
-        }
+        config = sample_config(self.models, self.windows, variant)
+        config["canary"] = {"steps": STEPS, "bake_seconds": 0, "min_pairs": 300, "synthetic_rps": 100}
         self.stack.set_all_config(
             {f"mlrelease:{key}": auto.ConfigValue(value=json.dumps(value)) for key, value in config.items()}
         )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,8 @@ from typing import Any
 import pytest
 from pulumi import automation as auto
 
-from automation.engine import PROJECT_DIR, VENV_DIR, select_stack
+from automation.engine import VENV_DIR, select_stack
+from automation.sandbox import copy_program, sample_config
 from components.targets.local import LocalTarget
 from serving.sample_models import SampleModels, build_sample_models
 from serving.sample_windows import SampleWindows, build_sample_windows
@@ -50,12 +50,7 @@ class Project:
     """A copy of the program, its backend, and helpers to configure and inspect its stacks."""
 
     def __init__(self, root: Path, sample: tuple[SampleModels, SampleWindows]) -> None:
-        self.dir = root / "project"
-        self.dir.mkdir()
-        shutil.copy(PROJECT_DIR / "__main__.py", self.dir / "__main__.py")
-        (self.dir / "Pulumi.yaml").write_text(
-            f"name: mlrelease\nruntime:\n  name: python\n  options:\n    virtualenv: {VENV_DIR}\n"
-        )
+        self.dir = copy_program(root / "project")
         (root / "state").mkdir()
         self.env = {
             **os.environ,
@@ -74,24 +69,8 @@ class Project:
 
     def config(self, variant: str, *, drift: str = "current", **sections: dict[str, Any]) -> dict[str, Any]:
         """The stack config of a release of sample ``variant`` (``sections`` override whole sections)."""
-        model = self.models.models[variant]
-        windows = self.windows
-        config: dict[str, Any] = {
-            "model": {
-                "name": model.name,
-                "version": model.version,
-                "path": str(model.model_dir),
-                "sha256": model.sha256,
-            },
-            "data": {
-                "holdout": str(self.models.holdout),
-                "holdout_sha256": self.models.holdout_sha256,
-                "drift_reference": str(windows.reference),
-                "drift_current": str(windows.current if drift == "current" else windows.shifted),
-            },
-            "canary": FAST_CANARY,
-            "gates": ROOMY_GATES,
-        }
+        config = sample_config(self.models, self.windows, variant, shifted=drift == "shifted")
+        config.update(canary=FAST_CANARY, gates=ROOMY_GATES)
         config.update(sections)
         return config
 

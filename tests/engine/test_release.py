@@ -93,10 +93,9 @@ def test_failing_gate_blocks_the_preview_and_changes_nothing(
 def test_failing_canary_step_returns_traffic_to_the_incumbent(
     project: Project, live_v2: auto.Stack, variant: str, expected: str
 ) -> None:
-    # The offline gates cannot see these: the divergent model only flips one region's decisions, the erroring
-    # one only fails a share of live requests. Evaluation tolerance is widened so the canary is what catches it.
-    gates = {**ROOMY_GATES, "evaluation": {"tolerance": 0.05}}
-    project.configure(live_v2, project.config(variant, gates=gates))
+    # Both pass the offline gates (asserted in the evidence below): the divergent model flips decisions only
+    # near the threshold in some regions, the erroring one fails a share of live requests.
+    project.configure(live_v2, project.config(variant))
     with pytest.raises(auto.CommandError) as excinfo:
         live_v2.up()
     message = str(excinfo.value)
@@ -105,6 +104,7 @@ def test_failing_canary_step_returns_traffic_to_the_incumbent(
     routes = project.target(STACK).routes()
     assert routes.primary == "v2" and routes.weights["v2"] == 100
     assert _verified(live_v2)["live"]["version"] == "v2"
+    assert "gate " not in message  # it got past every gate: the canary caught it
 
 
 def test_prod_threshold_looser_than_policy_is_blocked_with_and_without_the_pack(project: Project) -> None:
