@@ -76,10 +76,11 @@ def routes(target: LocalTarget) -> str:
 
 def failure_line(exc: auto.CommandError) -> str:
     """The diagnostic that says why the engine stopped: a gate's, a canary step's or the policy's verdict."""
-    lines = [line.strip() for line in str(exc).splitlines()]
-    markers = ("gate ", "canary step", "prod policy")
-    reason = next((line for line in lines if any(m in line for m in markers)), "see `pulumi stack history`")
-    return reason.split("has a problem: ", 1)[-1].split("Exception: ", 1)[-1]
+    for line in str(exc).splitlines():
+        for marker in ("gate ", "canary step", "prod policy"):
+            if marker in line:
+                return line[line.index(marker) :].strip()
+    return "see `pulumi stack history`"
 
 
 def run(keep: bool) -> int:

@@ -405,7 +405,7 @@ class LocalTarget:
         return Routes(weights=admin.weights(), primary=admin.incumbent())
 
     def set_routes(self, routes: Routes) -> Routes:
-        """Apply the split in one router call (then the primary); the router splits in whole percent."""
+        """Apply the split and the primary in one atomic router call; the router splits in whole percent."""
         weights: dict[str, int] = {}
         for version, weight in routes.weights.items():
             if abs(weight - round(weight)) > 1e-9:
@@ -413,9 +413,7 @@ class LocalTarget:
             weights[version] = round(weight)
         admin = self._admin()
         try:
-            admin.set_weights(weights)
-            if admin.incumbent() != routes.primary:
-                admin.set_incumbent(routes.primary)
+            admin.set_weights(weights, incumbent=routes.primary)  # split and primary in one atomic change
         except RouterError as exc:
             raise TargetError(f"the router refused {routes.model_dump()}: {exc.message}") from None
         return self._persist_routes(admin)
