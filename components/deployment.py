@@ -102,7 +102,6 @@ class ModelDeployment(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(TYPE_TOKEN, name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
         run_dir = LocalTarget.for_stack(project_dir, stack).run_dir
         candidate = model_ref(spec, project_dir)
         roles = pulumi.Output.from_input(verified).apply(
@@ -118,7 +117,7 @@ class ModelDeployment(pulumi.ComponentResource):
             project_dir=project_dir,
             work_dir=run_dir,
             inference_log_dir=run_dir / "log",
-            opts=child,
+            opts=pulumi.ResourceOptions(parent=self),
         )
         self.runtime = ServingRuntime(
             f"{name}-runtime",

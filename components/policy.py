@@ -65,10 +65,10 @@ def _lookup(spec: Mapping[str, Any], key: str) -> Any:
     return value
 
 
-def violations(spec: ReleaseSpec | Mapping[str, Any], environment: str | None = None) -> list[str]:
+def violations(spec: ReleaseSpec | Mapping[str, Any]) -> list[str]:
     """Every prod bound the spec breaks, one explained line each; empty outside prod."""
     data = spec.model_dump() if isinstance(spec, ReleaseSpec) else spec
-    if (environment or data.get("environment")) != "prod":
+    if data.get("environment") != "prod":
         return []
     found = []
     for bound in PROD_BOUNDS:
