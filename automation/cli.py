@@ -1,17 +1,65 @@
-"""The ``mlrelease`` command; the release commands (promote, rollback, watch, ...) build on it."""
+"""The ``mlrelease`` command: promote, rollback, watch, drill, audit and status over the Automation API.
+
+Every command takes ``--stack``, honours ``PULUMI_BACKEND_URL`` (default: the embedded ``file://`` backend in
+``.pulumi-state``) and prints a JSON document with ``--json`` (fields documented in docs/cli.md and on the
+report models). Progress goes to stderr, results to stdout. Exit codes: 0 success; 1 the operation failed;
+2 bad input or a refused precondition; promote also 3 (blocked at a gate) and 4 (failed in the canary and
+rolled back).
+"""
 
 from __future__ import annotations
 
-import typer
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
 
-from automation.engine import EngineMissing, pulumi_command
+import typer
+import yaml
+from pydantic import BaseModel
+from rich.console import Console
+
+from automation.engine import PROJECT_DIR, EngineMissing, engine_env, pulumi_command
+from automation.stack import CommandFailed, StackContext
 
 app = typer.Typer(help="Release control plane for production ML models.", no_args_is_help=True)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+StackOpt = Annotated[str, typer.Option("--stack", "-s", help="the stack to act on, e.g. staging or prod")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the result as one JSON document on stdout")]
+ProjectOpt = Annotated[
+    Path, typer.Option("--project-dir", help="the mlrelease Pulumi project (default: this checkout)", hidden=True)
+]
 
 
 @app.callback()
 def _root() -> None:
     """Release control plane for production ML models."""
+
+
+def _say(line: str) -> None:
+    err.print(f"[dim]{datetime.now(UTC):%H:%M:%S}[/] {line}", markup=True)
+
+
+def _fail(exc: Exception, code: int) -> typer.Exit:
+    typer.echo(f"mlrelease: error: {exc}", err=True)
+    return typer.Exit(code)
+
+
+def _emit(report: BaseModel, as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+    else:
+        for line in lines:
+            out.print(line, markup=False)
+
+
+def _context(stack: str, project_dir: Path) -> StackContext:
+    try:
+        return StackContext(stack, project_dir=project_dir)
+    except CommandFailed as exc:
+        raise _fail(exc, exc.exit_code) from None
 
 
 @app.command()
@@ -22,9 +70,169 @@ def version() -> None:
     try:
         engine = str(pulumi_command().version)
     except EngineMissing as exc:
-        typer.echo(f"mlrelease: error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(exc, 2) from None
     typer.echo(f"mlrelease {package_version('mlrelease')}, pulumi engine v{engine}")
+
+
+@app.command()
+def promote(
+    stack: StackOpt,
+    model: Annotated[Path, typer.Option("--model", help="MLServer model directory of the candidate")],
+    model_version: Annotated[
+        str | None, typer.Option("--version", help="version label (default: the one in model-settings.json)")
+    ] = None,
+    as_json: JsonOpt = False,
+    project_dir: ProjectOpt = PROJECT_DIR,
+) -> None:
+    """Release a model: gates (preview), then canary (up). Exit 0 promoted, 3 blocked, 4 rolled back, 2 bad input."""
+    from automation.release import PROMOTE_EXIT
+    from automation.release import promote as run
+
+    ctx = _context(stack, project_dir)
+    try:
+        report = run(ctx, model, model_version, _say)
+    except CommandFailed as exc:
+        raise _fail(exc, exc.exit_code) from None
+    lines = [f"{report.outcome}: {report.candidate['version']} on {stack} (incumbent {report.incumbent})"]
+    for name, gate in report.gates.items():
+        lines.append(f"  gate {name}: {'passed' if gate['passed'] else 'FAILED'}: {gate['summary']}")
+    lines += [f"  step {v['step']} ({v['weight']:g}%): {v['explanation']}" for v in report.canary]
+    if report.failure:
+        lines.append(f"  {report.failure}")
+    lines.append(f"  live: {report.routes}  ({report.durations['total_seconds']:.1f}s)")
+    _emit(report, as_json, lines)
+    raise typer.Exit(PROMOTE_EXIT[report.outcome])
+
+
+@app.command()
+def rollback(
+    stack: StackOpt,
+    reason: Annotated[str, typer.Option(help="recorded with the restore")] = "operator request",
+    as_json: JsonOpt = False,
+    project_dir: ProjectOpt = PROJECT_DIR,
+) -> None:
+    """Back to the last verified previous release: traffic first, then its recorded config converged. Idempotent."""
+    from automation.release import rollback as run
+
+    ctx = _context(stack, project_dir)
+    try:
+        report = run(ctx, reason, _say)
+    except CommandFailed as exc:
+        raise _fail(exc, exc.exit_code) from None
+    traffic = "not moved first" if report.traffic_seconds is None else f"{report.traffic_seconds:.2f}s"
+    _emit(
+        report,
+        as_json,
+        [
+            f"{report.outcome}: {stack} serves {report.restored['version']} (from {report.from_version});"
+            f" traffic {traffic}, converge {report.converge_seconds:.1f}s"
+        ],
+    )
+
+
+@app.command()
+def watch(
+    stack: StackOpt,
+    exit_after_rollback: Annotated[bool, typer.Option(help="stop after firing one rollback")] = False,
+    max_seconds: Annotated[float | None, typer.Option(help="stop after this long (default: never)")] = None,
+    as_json: JsonOpt = False,
+    project_dir: ProjectOpt = PROJECT_DIR,
+) -> None:
+    """Watch live telemetry (divergence, errors, p99) and roll back by itself on a breach or missing telemetry."""
+    from automation.watch import Watcher
+
+    ctx = _context(stack, project_dir)
+    try:
+        watcher = Watcher(ctx, _say)
+        _say(f"watching {stack}: {watcher.spec.watch.model_dump()}")
+        state = watcher.run(max_seconds=max_seconds, after_rollback=exit_after_rollback)
+    except CommandFailed as exc:
+        raise _fail(exc, exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+    verdict = state.verdict.explanation if state.verdict else "no look yet"
+    _emit(state, as_json, [f"{state.phase}: live {state.live}; {verdict}"])
+
+
+@app.command()
+def drill(
+    stack: StackOpt,
+    fault: Annotated[str, typer.Option(help="error | latency | divergence")] = "error",
+    budget: Annotated[float, typer.Option(help="recovery budget in seconds; over it the drill fails")] = 300.0,
+    as_json: JsonOpt = False,
+    project_dir: ProjectOpt = PROJECT_DIR,
+) -> None:
+    """Inject a fault into the live version and measure the watcher's rollback. Exit 1 unless recovered in budget."""
+    from automation.drill import FAULTS
+    from automation.drill import drill as run
+
+    if fault not in FAULTS:
+        raise _fail(ValueError(f"--fault {fault!r} is not a fault kind: use one of {', '.join(FAULTS)}"), 2)
+    ctx = _context(stack, project_dir)
+    try:
+        report = run(ctx, fault, budget, _say)  # type: ignore[arg-type]
+    except CommandFailed as exc:
+        raise _fail(exc, exc.exit_code) from None
+    _emit(
+        report,
+        as_json,
+        [
+            f"{report.outcome}: {fault} fault on {report.faulty_version}; detection {report.detection_seconds}s,"
+            f" recovery {report.recovery_seconds}s (budget {report.budget_seconds:g}s)",
+            *([f"  {report.problem}"] if report.problem else []),
+            f"  report: {report.report_path}",
+        ],
+    )
+    raise typer.Exit(0 if report.outcome == "recovered" else 1)
+
+
+@app.command()
+def audit(
+    stack: StackOpt,
+    at: Annotated[str, typer.Option("--at", help="ISO 8601 time, e.g. 2026-11-26T14:30:00Z")],
+    as_json: JsonOpt = False,
+    project_dir: ProjectOpt = PROJECT_DIR,
+) -> None:
+    """Which model(s), data and config were live at a time, and the update that made it so."""
+    from automation.audit import AuditError, parse_time
+    from automation.audit import audit as run
+
+    try:
+        project = yaml.safe_load((Path(project_dir) / "Pulumi.yaml").read_text())["name"]
+        report = run(engine_env()["PULUMI_BACKEND_URL"], stack, parse_time(at), project=project)
+    except AuditError as exc:
+        raise _fail(exc, 2) from None
+    models = ", ".join(
+        f"{m.version} {m.traffic_percent:g}% (sha256 {(m.sha256 or 'unknown')[:12]})" for m in report.models
+    )
+    update = report.update
+    lines = [f"{stack} at {report.at.isoformat()}: {report.state}; {models or 'no model live'}"]
+    if update:
+        lines.append(f"  by {update.kind} {update.result} ending {update.end_time.isoformat()}: {update.message}")
+    if report.note:
+        lines.append(f"  {report.note}")
+    _emit(report, as_json, lines)
+
+
+@app.command()
+def status(stack: StackOpt, as_json: JsonOpt = False, project_dir: ProjectOpt = PROJECT_DIR) -> None:
+    """Live versions and weights, the last verified checkpoint, the watcher's state and latest signals."""
+    from automation.status import status as run
+
+    report = run(_context(stack, project_dir))
+    watcher: Any = report.watcher or {}
+    verdict = (watcher.get("verdict") or {}).get("explanation", "no watcher has run")
+    _emit(
+        report,
+        as_json,
+        [
+            f"{stack}: live {report.routes}",
+            f"  verified: {json.dumps(report.verified)}",
+            f"  rollback would restore: {report.rollback_to}",
+            f"  watcher: {watcher.get('phase', 'none')} (running: {watcher.get('running', False)}); {verdict}",
+            f"  last drill: {report.last_drill}",
+        ],
+    )
 
 
 def main() -> None:

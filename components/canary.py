@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from components.spec import CanarySpec
 from components.targets.base import Routes, ShadowPair, Target, TargetError
@@ -79,6 +79,8 @@ class StepVerdict(BaseModel):
     checks: list[CheckResult]
     evidence: dict[str, Any]
     explanation: str
+    started_at: float = Field(description="wall clock (unix s) when the step set its weights")
+    ended_at: float = Field(description="wall clock (unix s) when the verdict was reached (and a revert done)")
 
 
 @dataclass
@@ -208,6 +210,8 @@ def run_step(
         checks=checks,
         evidence=bake.evidence,
         explanation=explanation,
+        started_at=bake.started - switch_ms / 1000,
+        ended_at=time.time(),
     )
 
 

@@ -12,6 +12,7 @@ a failing later step, a rollback or a drill) runs again on the next ``up`` inste
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from components.serving_runtime import target
 from components.spec import CanarySpec
 from components.targets.base import TargetError
 
-_INPUTS = ("candidate", "incumbent", "weight", "canary")
+_INPUTS = ("candidate", "incumbent", "weight", "canary", "restore")
 
 
 class CanaryStepFailed(Exception):
@@ -49,6 +50,7 @@ class CanaryStepProvider(ResourceProvider):
     def _run(self, props: dict[str, Any]) -> dict[str, Any]:
         runtime, candidate, incumbent = target(props), props["candidate"], props.get("incumbent")
         if not incumbent:
+            started = time.time()
             routes = first_release(runtime, candidate)
             verdict = {
                 "step": props["index"],
@@ -56,8 +58,14 @@ class CanaryStepProvider(ResourceProvider):
                 "candidate": candidate,
                 "incumbent": None,
                 "passed": True,
-                "explanation": f"first release: no incumbent to compare with; {candidate} serves 100%",
+                "explanation": (
+                    f"restore of verified release {candidate}: it serves 100%, nothing is compared"
+                    if props.get("restore")
+                    else f"first release: no incumbent to compare with; {candidate} serves 100%"
+                ),
                 "routes": routes.model_dump(mode="json"),
+                "started_at": started,
+                "ended_at": time.time(),
             }
             return {**props, "verdict": verdict}
         result = run_step(
@@ -101,6 +109,7 @@ class CanaryStep(pulumi.dynamic.Resource):
         candidate: str,
         incumbent: pulumi.Input[str | None],
         canary: CanarySpec,
+        restore: bool,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
@@ -110,6 +119,7 @@ class CanaryStep(pulumi.dynamic.Resource):
             "candidate": candidate,
             "incumbent": incumbent,
             "canary": canary.model_dump(mode="json"),
+            "restore": restore,
             "verdict": None,
         }
         super().__init__(CanaryStepProvider(), resource_name, props, opts)

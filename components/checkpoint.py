@@ -4,7 +4,8 @@ It is the last resource of a release and depends on every canary step, so it cha
 release succeeded; a failed release leaves the previous checkpoint in place. Its outputs are exported as the
 stack output ``verified``, which the next release reads (the incumbent and its warm fallback) and rollback and
 audit read from stack history: live model, previous model, data digests, config digest, gate evidence and
-canary verdicts.
+canary verdicts. ``previous_release`` is the record of the release before (its config and digests: what
+``mlrelease rollback`` restores); ``restored_from`` names the version a restore rolled back from.
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
 # Inputs whose change is a different verified release.
-_RECORDED = ("live", "previous", "config", "data_digests", "config_digest", "evidence", "verdicts", "environment")
+_RECORDED = (
+    "live",
+    "previous",
+    "config",
+    "data_digests",
+    "config_digest",
+    "evidence",
+    "verdicts",
+    "environment",
+    "previous_release",
+    "restored_from",
+)
 
 
 class VerifiedCheckpointProvider(ResourceProvider):
@@ -43,6 +55,9 @@ class VerifiedCheckpoint(pulumi.dynamic.Resource):
     data_digests: pulumi.Output[dict]
     environment: pulumi.Output[str]
     verified_at: pulumi.Output[float]
+    config: pulumi.Output[dict]
+    previous_release: pulumi.Output[dict | None]
+    restored_from: pulumi.Output[str | None]
 
     def __init__(self, resource_name: str, record: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__(VerifiedCheckpointProvider(), resource_name, {**record, "verified_at": None}, opts)
@@ -54,4 +69,7 @@ class VerifiedCheckpoint(pulumi.dynamic.Resource):
             config_digest=self.config_digest,
             data_digests=self.data_digests,
             verified_at=self.verified_at,
+            config=self.config,
+            previous_release=self.previous_release,
+            restored_from=self.restored_from,
         )

@@ -10,6 +10,8 @@ Resources, in dependency order (children of the component, with stable names: re
     <name>-checkpoint   the verified release: changes only when every step passed
 
 The incumbent is the live model of the stack's last verified checkpoint, read from the stack's own outputs.
+A restore (``mlrelease:restore``, set by ``mlrelease rollback``) converges to a release the stack verified
+before: digests re-checked, all traffic on it at once, no canary against the version being rolled back.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from components.checkpoint import VerifiedCheckpoint
 from components.gate_inputs import SCHEMA_FILE, FeatureSchema
 from components.release_gates import ReleaseGates
 from components.serving_runtime import ModelVersions, ServingRuntime
-from components.spec import ReleaseSpec, resolve
+from components.spec import ReleaseSpec, RestoreSpec, resolve
 from components.targets.base import RuntimeConfig
 from components.targets.local import LocalTarget
 
@@ -68,24 +70,66 @@ def _same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     return bool(a and b) and (a["version"], a["sha256"]) == (b["version"], b["sha256"])
 
 
-def release_roles(
-    verified: dict[str, Any] | None, candidate: dict[str, str], window_seconds: float, now: float
-) -> dict[str, Any]:
-    """Which model is the incumbent the candidate is judged against, and which stays warm beside it.
+def _without_history(record: dict[str, Any]) -> dict[str, Any]:
+    """A verified record as the next one keeps it: one level deep, so the chain does not grow."""
+    return {key: value for key, value in record.items() if key != "previous_release"}
 
+
+def release_roles(
+    verified: dict[str, Any] | None,
+    candidate: dict[str, str],
+    window_seconds: float,
+    now: float,
+    restore: RestoreSpec | None = None,
+) -> dict[str, Any]:
+    """Which model is the incumbent the candidate is judged against, which stays warm, what rollback returns to.
+
+    - a restore (``mlrelease rollback``): no incumbent and nothing warm, the candidate takes all traffic; only
+      the stack's verified previous release (or its live one, once restored) may be restored, else ``refusal``;
     - no verified release yet: first release, no incumbent;
     - the candidate is already the verified live model (nothing changed): the incumbent stays the one it
       was verified against, so every input is unchanged and the update changes nothing; that previous
       model stays warm until the rollback window has passed;
-    - otherwise the verified live model is the incumbent, warm beside the candidate.
+    - otherwise the verified live model is the incumbent, warm beside the candidate, and its record becomes
+      ``previous_release``: the config and digests a rollback restores.
     """
+    if restore is not None:
+        restored, refusal = None, None
+        if verified and _same(verified.get("live"), candidate):
+            restored = verified
+        elif verified and _same(verified.get("previous"), candidate):
+            restored = verified.get("previous_release") or {}
+        else:
+            live = (verified or {}).get("live") or {}
+            previous = (verified or {}).get("previous") or {}
+            refusal = (
+                f"mlrelease:restore names {candidate['version']}, which is neither the verified live"
+                f" ({live.get('version')}) nor the verified previous ({previous.get('version')}) release of this"
+                " stack: only a verified release can be restored; remove mlrelease:restore and release it"
+                " through the gates"
+            )
+        return {
+            "incumbent": None,
+            "warm": None,
+            "previous_release": None,
+            "restore": {
+                **restore.model_dump(mode="json"),
+                "refusal": refusal,
+                "data_digests": (restored or {}).get("data_digests"),
+            },
+        }
     if not verified:
-        return {"incumbent": None, "warm": None}
+        return {"incumbent": None, "warm": None, "previous_release": None, "restore": None}
     live, previous = verified.get("live"), verified.get("previous")
     if _same(live, candidate):
         within = now < float(verified.get("verified_at") or 0) + window_seconds
-        return {"incumbent": previous, "warm": previous if within else None}
-    return {"incumbent": live, "warm": live}
+        return {
+            "incumbent": previous,
+            "warm": previous if within else None,
+            "previous_release": verified.get("previous_release"),
+            "restore": None,
+        }
+    return {"incumbent": live, "warm": live, "previous_release": _without_history(verified), "restore": None}
 
 
 class ModelDeployment(pulumi.ComponentResource):
@@ -105,8 +149,9 @@ class ModelDeployment(pulumi.ComponentResource):
         run_dir = LocalTarget.for_stack(project_dir, stack).run_dir
         candidate = model_ref(spec, project_dir)
         roles = pulumi.Output.from_input(verified).apply(
-            lambda v: release_roles(v, candidate, spec.rollback.window_seconds, time.time())
+            lambda v: release_roles(v, candidate, spec.rollback.window_seconds, time.time(), spec.restore)
         )
+        restore = roles.apply(lambda r: r["restore"])
         incumbent = roles.apply(lambda r: r["incumbent"])
 
         self.gates = ReleaseGates(
@@ -114,6 +159,7 @@ class ModelDeployment(pulumi.ComponentResource):
             spec=spec,
             candidate=candidate,
             incumbent=incumbent,
+            restore=restore,
             project_dir=project_dir,
             work_dir=run_dir,
             inference_log_dir=run_dir / "log",
@@ -135,6 +181,7 @@ class ModelDeployment(pulumi.ComponentResource):
             run_dir=run_dir,
             candidate=candidate,
             warm=roles.apply(lambda r: r["warm"]),
+            restore=spec.restore is not None,
             synthetic_rps=spec.canary.synthetic_rps,
             traffic_rows=resolve(spec.data.holdout, project_dir),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[self.runtime, self.gates]),
@@ -150,6 +197,7 @@ class ModelDeployment(pulumi.ComponentResource):
                 candidate=candidate["version"],
                 incumbent=incumbent.apply(lambda m: m["version"] if m else None),
                 canary=spec.canary,
+                restore=spec.restore is not None,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
             )
             self.steps.append(step)
@@ -165,6 +213,8 @@ class ModelDeployment(pulumi.ComponentResource):
                 "data_digests": self.gates.evidence.apply(lambda e: e["data"] if e else None),
                 "evidence": self.gates.evidence,
                 "verdicts": [step.verdict for step in self.steps],
+                "previous_release": roles.apply(lambda r: r["previous_release"]),
+                "restored_from": spec.restore.from_version if spec.restore else None,
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
         )

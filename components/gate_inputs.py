@@ -159,7 +159,7 @@ class PreparedInputs:
     data: DataDigests
 
 
-def _check_model(role: str, ref: ModelRef) -> ArtifactDigests:
+def check_model(role: str, ref: ModelRef) -> ArtifactDigests:
     try:
         verify_artifact(ref.model_dir, ref.sha256)
     except (ArtifactDigestError, ModelDirError) as exc:
@@ -312,8 +312,8 @@ def _drift_log(source: DriftLog, schema: FeatureSchema) -> tuple[pd.DataFrame, p
 
 def prepare(inputs: GateInputs) -> PreparedInputs:
     """Check and load every input; raise GateInputError on the first problem. Starts nothing."""
-    candidate = _check_model("candidate", inputs.candidate)
-    incumbent = _check_model("incumbent", inputs.incumbent) if inputs.incumbent is not None else None
+    candidate = check_model("candidate", inputs.candidate)
+    incumbent = check_model("incumbent", inputs.incumbent) if inputs.incumbent is not None else None
     _check_holdout_file(inputs)
     schema_path = _schema_path(inputs)
     schema = _load_schema(schema_path)

@@ -16,7 +16,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, ResourceProvider, UpdateResult
 
-from components.gate_inputs import DriftFiles, DriftLog, GateInputError, GateInputs, ModelRef
+from components.gate_inputs import DriftFiles, DriftLog, GateInputError, GateInputs, ModelRef, check_model
 from components.gates import run_gates
 from components.policy import GATES_KIND, violations
 from components.spec import ReleaseSpec, resolve
@@ -46,6 +46,35 @@ def gate_inputs(props: dict[str, Any]) -> GateInputs:
     )
 
 
+def _check_restore(news: dict[str, Any]) -> CheckResult:
+    """A restore of a release this stack verified: its artifact digest is checked again, its gates are not re-run.
+
+    The gates judged it when it was released; judging it now against the version being rolled back from
+    would only delay the rollback. Its data digests are those recorded when it was verified.
+    """
+    restore = news["restore"]
+    if restore.get("refusal"):
+        return CheckResult(news, [CheckFailure("restore", restore["refusal"])])
+    try:
+        candidate = check_model("restored model", ModelRef.model_validate(news["candidate"]))
+    except GateInputError as exc:
+        return CheckResult(news, [CheckFailure("candidate", str(exc))])
+    evidence = {
+        "restore": True,
+        "passed": True,
+        "environment": ReleaseSpec.model_validate(news["spec"]).environment,
+        "candidate": candidate.model_dump(mode="json"),
+        "incumbent": None,
+        "data": restore.get("data_digests"),
+        "gates": {},
+        "explanation": (
+            f"restore of verified release {candidate.version} (rolled back from {restore.get('from_version')}):"
+            " artifact digest re-checked; its gates passed when it was released"
+        ),
+    }
+    return CheckResult({**news, "evidence": evidence}, [])
+
+
 class ReleaseGatesProvider(ResourceProvider):
     """Runs the gates in ``check``; create and update only record the evidence that check produced."""
 
@@ -53,6 +82,8 @@ class ReleaseGatesProvider(ResourceProvider):
         breaches = violations(news["spec"])
         if breaches:
             return CheckResult(news, [CheckFailure("spec", "prod policy: " + "; ".join(breaches))])
+        if news.get("restore"):
+            return _check_restore(news)
         try:
             evidence = run_gates(gate_inputs(news), work_dir=Path(news["work_dir"]), cache_dir=Path(news["cache_dir"]))
         except GateInputError as exc:
@@ -66,7 +97,7 @@ class ReleaseGatesProvider(ResourceProvider):
         return CreateResult(id_=f"gates-{props['candidate']['version']}", outs=props)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        keys = ("spec", "candidate", "incumbent", "evidence")
+        keys = ("spec", "candidate", "incumbent", "evidence", "restore")
         return DiffResult(changes=any(olds.get(k) != news.get(k) for k in keys), replaces=[])
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -85,6 +116,7 @@ class ReleaseGates(pulumi.dynamic.Resource):
         spec: ReleaseSpec,
         candidate: pulumi.Input[dict],
         incumbent: pulumi.Input[dict | None],
+        restore: pulumi.Input[dict | None],
         project_dir: Path,
         work_dir: Path,
         inference_log_dir: Path,
@@ -95,6 +127,7 @@ class ReleaseGates(pulumi.dynamic.Resource):
             "spec": spec.model_dump(mode="json"),
             "candidate": candidate,
             "incumbent": incumbent,
+            "restore": restore,
             "project_dir": str(project_dir),
             "work_dir": str(work_dir / "gates"),
             "cache_dir": str(work_dir / "gate-cache"),

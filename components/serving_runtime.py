@@ -14,7 +14,7 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
-from components.targets.base import RuntimeConfig, TargetError
+from components.targets.base import Routes, RuntimeConfig, TargetError
 from components.targets.local import LocalTarget
 
 
@@ -76,6 +76,9 @@ class ModelVersionsProvider(ResourceProvider):
             )
             for model in _wanted(props)
         }
+        if props.get("restore"):  # traffic first: nothing may still be routed to a version about to go
+            version = props["candidate"]["version"]
+            runtime.set_routes(Routes(weights={version: 100}, primary=version))
         for old in _wanted(olds or {}):
             if old["version"] not in deployed:
                 runtime.remove(old["version"])
@@ -86,7 +89,7 @@ class ModelVersionsProvider(ResourceProvider):
         return CreateResult(id_=props["run_dir"], outs=self._converge(props, None))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        keys = ("synthetic_rps", "traffic_rows")
+        keys = ("synthetic_rps", "traffic_rows", "restore")
         return DiffResult(changes=_wanted(olds) != _wanted(news) or any(olds.get(k) != news.get(k) for k in keys))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -121,6 +124,7 @@ class ModelVersions(pulumi.dynamic.Resource):
         run_dir: Path,
         candidate: dict[str, Any],
         warm: pulumi.Input[dict[str, Any] | None],
+        restore: bool,
         synthetic_rps: float,
         traffic_rows: Path,
         opts: pulumi.ResourceOptions | None = None,
@@ -129,6 +133,7 @@ class ModelVersions(pulumi.dynamic.Resource):
             "run_dir": str(run_dir),
             "candidate": candidate,
             "warm": warm,
+            "restore": restore,
             "synthetic_rps": synthetic_rps,
             "traffic_rows": str(traffic_rows),
             "deployed": None,

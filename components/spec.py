@@ -177,6 +177,40 @@ class RollbackSpec(_Strict):
     window_seconds: float = Field(default=3600.0, ge=0, le=30 * 86_400)
 
 
+class WatchSpec(_Strict):
+    """What ``mlrelease watch`` reads from live telemetry, and when a breach fires the rollback by itself.
+
+    Every signal is taken over the last ``window_seconds``; a breach needs the lower confidence bound of a
+    rate above its limit (not one bad request), and no usable telemetry for ``missing_seconds`` is a breach.
+    """
+
+    window_seconds: float = Field(default=10.0, ge=1, le=3600, description="sliding window of every signal")
+    interval_seconds: float = Field(default=1.0, gt=0, le=60, description="how often the watcher looks")
+    max_disagreement: float = Field(default=0.05, gt=0, lt=1, description="live vs warm previous, decision flips")
+    max_error_rate: float = Field(default=0.05, gt=0, lt=1, description="live version's client-facing errors")
+    p99_ms: float = Field(default=250.0, gt=0, description="live version's client-facing p99 latency")
+    confidence: float = Field(default=0.99, gt=0.5, lt=1, description="of the lower bounds a breach needs")
+    min_samples: int = Field(default=50, ge=10, description="pairs or requests a signal needs in its window")
+    missing_seconds: float = Field(
+        default=15.0, ge=1, le=3600, description="no usable telemetry this long is a breach, never health"
+    )
+
+
+class RestoreSpec(_Strict):
+    """Set by ``mlrelease rollback`` (cleared by ``mlrelease promote``): converge to a release this stack verified.
+
+    It is honoured only for the stack's verified previous release (or the live one, once restored), so it can
+    never carry an unverified model past the gates: a restore re-checks the artifact digest and records the
+    gate evidence of the release it restores.
+    """
+
+    version: str = Field(description="the verified version restored")
+    sha256: str = Field(pattern=SHA256, description="its artifact digest")
+    from_version: str | None = Field(default=None, description="the version rolled back from")
+    traffic_moved_at: float | None = Field(default=None, description="unix time all traffic moved to `version`")
+    reason: str = Field(default="", max_length=500, description="why: the watcher's breach or the operator's")
+
+
 class ReleaseSpec(_Strict):
     """Everything a stack's config says about a release."""
 
@@ -187,6 +221,18 @@ class ReleaseSpec(_Strict):
     gates: GatesSpec = GatesSpec()
     canary: CanarySpec = CanarySpec()
     rollback: RollbackSpec = RollbackSpec()
+    watch: WatchSpec = WatchSpec()
+    restore: RestoreSpec | None = None
+
+    @model_validator(mode="after")
+    def _restore_names_the_model(self) -> ReleaseSpec:
+        restore = self.restore
+        if restore and (restore.version, restore.sha256) != (self.model.version, self.model.sha256):
+            raise ValueError(
+                f"restore of {restore.version} does not match mlrelease:model ({self.model.version}):"
+                " remove mlrelease:restore (mlrelease rollback sets it, mlrelease promote clears it)"
+            )
+        return self
 
 
 def load_spec(config: Mapping[str, Any]) -> ReleaseSpec:
@@ -205,6 +251,8 @@ def load_spec(config: Mapping[str, Any]) -> ReleaseSpec:
                 f" (allowed: {', '.join(_fields_at(error['loc'][:-1]))})"
             ) from None
         message = error["msg"].removeprefix("Value error, ")
+        if not error["loc"]:  # a rule across sections
+            raise SpecError(f"stack config: {message}") from None
         raise SpecError(
             f"stack config {key} = {error.get('input')!r} is not allowed: {message}{_described(error['loc'])}"
         ) from None

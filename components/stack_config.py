@@ -19,10 +19,10 @@ def namespace_config() -> dict[str, Any]:
     """The stack's ``mlrelease:*`` config as ``{key without namespace: decoded value}``."""
     raw: dict[str, Any] = {**get_config_env(), **CONFIG.get()}
     prefix = f"{NAMESPACE}:"
-    return {key[len(prefix) :]: _decode(value) for key, value in raw.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: decode_value(value) for key, value in raw.items() if key.startswith(prefix)}
 
 
-def _decode(value: Any) -> Any:
+def decode_value(value: Any) -> Any:
     """Structured values arrive as JSON text; plain strings stay strings."""
     if isinstance(value, str) and value[:1] in ("{", "["):
         try:

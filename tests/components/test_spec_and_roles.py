@@ -6,7 +6,7 @@ import pytest
 
 from components.deployment import release_roles
 from components.policy import PROD_BOUNDS, violations
-from components.spec import ReleaseSpec, SpecError, load_spec
+from components.spec import ReleaseSpec, RestoreSpec, SpecError, load_spec
 
 SHA = "a" * 64
 BASE = {
@@ -70,19 +70,65 @@ V2 = {"name": "m", "version": "v2", "model_dir": "/m2", "sha256": "2" * 64}
 V3 = {"name": "m", "version": "v3", "model_dir": "/m3", "sha256": "3" * 64}
 
 
+def _roles(verified, candidate, now=200.0, restore=None) -> tuple:
+    roles = release_roles(verified, candidate, 3600, now, restore)
+    return roles["incumbent"], roles["warm"]
+
+
 def test_first_release_has_no_incumbent() -> None:
-    assert release_roles(None, V1, 3600, 0) == {"incumbent": None, "warm": None}
+    assert release_roles(None, V1, 3600, 0) == {
+        "incumbent": None,
+        "warm": None,
+        "previous_release": None,
+        "restore": None,
+    }
 
 
 def test_new_candidate_is_judged_against_the_verified_live_model() -> None:
-    verified = {"live": V2, "previous": V1, "verified_at": 100.0}
-    assert release_roles(verified, V3, 3600, 200.0) == {"incumbent": V2, "warm": V2}
+    verified = {"live": V2, "previous": V1, "verified_at": 100.0, "previous_release": {"live": V1}}
+    roles = release_roles(verified, V3, 3600, 200.0)
+    assert (roles["incumbent"], roles["warm"]) == (V2, V2)
+    # What a rollback restores: the record of v2, one level deep (the chain does not grow).
+    assert roles["previous_release"] == {"live": V2, "previous": V1, "verified_at": 100.0}
 
 
 def test_unchanged_release_keeps_its_inputs_and_retires_the_warm_model_after_the_window() -> None:
-    verified = {"live": V2, "previous": V1, "verified_at": 100.0}
-    assert release_roles(verified, V2, 3600, 200.0) == {"incumbent": V1, "warm": V1}
-    assert release_roles(verified, V2, 3600, 3800.0) == {"incumbent": V1, "warm": None}
+    verified = {"live": V2, "previous": V1, "verified_at": 100.0, "previous_release": {"live": V1}}
+    assert _roles(verified, V2) == (V1, V1)
+    assert _roles(verified, V2, now=3800.0) == (V1, None)
+    assert release_roles(verified, V2, 3600, 200.0)["previous_release"] == {"live": V1}
+
+
+def _restore(model: dict) -> RestoreSpec:
+    return RestoreSpec(version=model["version"], sha256=model["sha256"], from_version="v2")
+
+
+def test_restore_of_the_verified_previous_release_takes_all_traffic_without_a_canary() -> None:
+    verified = {"live": V2, "previous": V1, "verified_at": 1.0, "previous_release": {"data_digests": {"h": "d1"}}}
+    roles = release_roles(verified, V1, 3600, 200.0, _restore(V1))
+    assert (roles["incumbent"], roles["warm"], roles["previous_release"]) == (None, None, None)
+    assert roles["restore"]["refusal"] is None and roles["restore"]["data_digests"] == {"h": "d1"}
+    # Once restored, the same config changes nothing: the restored release is the verified live one.
+    restored = {"live": V1, "previous": None, "verified_at": 2.0, "data_digests": {"h": "d1"}}
+    again = release_roles(restored, V1, 3600, 300.0, _restore(V1))
+    assert again["restore"]["refusal"] is None and again["restore"]["data_digests"] == {"h": "d1"}
+
+
+def test_restore_of_a_model_this_stack_never_verified_is_refused() -> None:
+    verified = {"live": V2, "previous": V1, "verified_at": 1.0}
+    refusal = release_roles(verified, V3, 3600, 200.0, _restore(V3))["restore"]["refusal"]
+    assert "neither the verified live (v2) nor the verified previous (v1)" in refusal
+    assert (
+        "only a verified release can be restored"
+        in release_roles(None, V1, 3600, 0, _restore(V1))["restore"]["refusal"]
+    )
+
+
+def test_restore_must_name_the_configured_model() -> None:
+    restore = {"version": "v9", "sha256": "9" * 64}
+    with pytest.raises(SpecError) as excinfo:
+        load_spec({**BASE, "restore": restore})
+    assert str(excinfo.value).startswith("stack config: restore of v9 does not match mlrelease:model")
 
 
 def test_same_version_with_other_bytes_is_a_new_candidate() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,23 @@ def unchanged() -> Callable[[auto.Stack, LocalTarget], Callable[[], None]]:
         return check
 
     return snapshot
+
+
+class CliResult:
+    """One ``mlrelease`` run: exit code, the ``--json`` document (None when stdout is not JSON), stderr."""
+
+    def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
+        self.code, self.stderr = proc.returncode, proc.stderr
+        try:
+            self.json: dict[str, Any] | None = json.loads(proc.stdout)
+        except ValueError:
+            self.json = None
+
+    def __repr__(self) -> str:
+        return f"CliResult(code={self.code}, json={self.json}, stderr={self.stderr[-2000:]!r})"
+
+
+def mlrelease(project: Project, *args: str, timeout: float = 600) -> CliResult:
+    """Run the real ``mlrelease`` console script against ``project``'s copy and backend, with ``--json``."""
+    argv = [str(VENV_DIR / "bin" / "mlrelease"), *args, "--project-dir", str(project.dir), "--json"]
+    return CliResult(subprocess.run(argv, env=project.env, capture_output=True, text=True, timeout=timeout))

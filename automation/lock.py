@@ -1,0 +1,85 @@
+"""One release operation per stack at a time: promote, rollback and drill never interleave.
+
+Pulumi's own stack lock covers only the ``pulumi up`` itself, but a rollback moves traffic *before* its up
+and a canary moves it during one, so mlrelease takes its own lock around the whole operation. It is an
+``flock`` on a file under ``.mlrelease/locks/``: the kernel drops it when its holder dies, so a crashed
+promote or rollback never leaves the stack locked, and the file says who holds it for the error message.
+The watcher never holds it while watching; it looks (``holder``) to pause during a promote, and takes it
+only to fire a rollback.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from types import TracebackType
+
+LOCK_DIR = Path(".mlrelease") / "locks"
+
+
+class LockBusy(RuntimeError):
+    """Another release operation holds the stack; the message says which, since when, and what to do."""
+
+
+def lock_path(project_dir: Path, stack: str) -> Path:
+    return Path(project_dir) / LOCK_DIR / f"{stack}.lock"
+
+
+def holder(project_dir: Path, stack: str) -> dict | None:
+    """Who holds the stack's lock (``{"pid", "operation", "since"}``), or None when it is free."""
+    path = lock_path(project_dir, stack)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return json.loads(path.read_text() or "{}")
+            except (OSError, ValueError):
+                return {"pid": None, "operation": "unknown", "since": None}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+class ReleaseLock:
+    """``with ReleaseLock(project_dir, stack, "rollback"):`` — LockBusy at once if another operation holds it."""
+
+    def __init__(self, project_dir: Path, stack: str, operation: str) -> None:
+        self.path, self.stack, self.operation = lock_path(project_dir, stack), stack, operation
+        self._fd: int | None = None
+
+    def __enter__(self) -> ReleaseLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            held = holder(self.path.parents[2], self.stack) or {}
+            since = held.get("since")
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)) if since else "an unknown time"
+            raise LockBusy(
+                f"stack {self.stack} is busy: {held.get('operation', 'another operation')} (pid {held.get('pid')})"
+                f" has held it since {when}; wait for it to finish, then run {self.operation} again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "operation": self.operation, "since": time.time()}).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(
+        self, _type: type[BaseException] | None, _exc: BaseException | None, _tb: TracebackType | None
+    ) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,279 @@
+"""``promote`` and ``rollback``: the two operations that change what a stack serves, via the Automation API.
+
+promote: point the stack's ``mlrelease:model`` at a model directory, run the preview (the gates), then the up
+(the canary). Anything short of a promotion puts the stack's config back as it was, so config always names
+what is live. Outcomes: ``promoted``, ``blocked`` (a gate failed; nothing changed), ``rolled_back`` (a canary
+step failed; its traffic already went back to the incumbent).
+
+rollback: back to the stack's verified previous release. Traffic moves first, through the target, to the warm
+previous version (one router call); then that release's recorded config, with an ``mlrelease:restore`` marker,
+is written and converged with an up. Every step is idempotent and the marker records where a crashed run got
+to, so re-running finishes the job; once restored, a re-run only confirms it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pulumi import automation as auto
+from pydantic import BaseModel, Field
+
+from automation.lock import LockBusy, ReleaseLock
+from automation.stack import CommandFailed, EngineProgress, Say, StackContext
+from components.spec import SpecError, load_spec, resolve
+from components.targets.base import Routes, Target, TargetError
+from serving.artifacts import ArtifactDigestError, ModelDirError, artifact_digest, read_settings
+
+PROMOTE_EXIT = {"promoted": 0, "blocked": 3, "rolled_back": 4}
+_GATE_FAILURE = re.compile(r"gate (\w+) failed: (.*?)(?=; gate \w+ failed: |$)")
+
+
+class PromoteReport(BaseModel):
+    """What ``mlrelease promote --json`` prints."""
+
+    stack: str
+    outcome: Literal["promoted", "blocked", "rolled_back"]
+    candidate: dict[str, str] = Field(description="name, version, sha256, model_dir")
+    incumbent: str | None = Field(description="the verified live version it was judged against")
+    gates: dict[str, Any] = Field(description="gate -> {passed, summary}; on a block, the failing gates")
+    canary: list[dict[str, Any]] = Field(description="verdicts of this release's steps, in order")
+    failure: str | None = Field(description="the verdict that stopped the release, with its numbers")
+    routes: dict[str, Any] | None = Field(description="live split after the command")
+    durations: dict[str, float] = Field(description="preview_seconds, up_seconds, total_seconds")
+
+
+class RollbackReport(BaseModel):
+    """What ``mlrelease rollback --json`` prints."""
+
+    stack: str
+    outcome: Literal["rolled_back", "already_rolled_back"]
+    restored: dict[str, str] = Field(description="version and sha256 of the verified release now live")
+    from_version: str | None
+    reason: str
+    traffic_seconds: float | None = Field(description="rollback start -> all traffic on the restored version")
+    converge_seconds: float = Field(description="the up that restored the recorded config")
+    total_seconds: float
+    routes: dict[str, Any]
+
+
+def _candidate(model_dir: Path, version: str | None) -> dict[str, str]:
+    try:
+        settings = read_settings(model_dir)
+        sha256 = artifact_digest(model_dir)
+    except (ModelDirError, ArtifactDigestError, OSError) as exc:
+        raise CommandFailed(f"--model {model_dir}: {exc}", 2) from None
+    served = settings.parameters.version
+    if version and served and version != served:
+        raise CommandFailed(
+            f"--version {version}, but {model_dir}/model-settings.json serves version {served}:"
+            f" pass --version {served} or fix model-settings.json",
+            2,
+        )
+    if not (version or served):
+        raise CommandFailed(f"{model_dir}/model-settings.json has no parameters.version: pass --version", 2)
+    return {"name": settings.name, "version": str(version or served), "path": str(model_dir), "sha256": sha256}
+
+
+def _gates(outputs: dict[str, Any]) -> dict[str, Any]:
+    evidence = (outputs.get("release-gates") or {}).get("evidence") or {}
+    return {name: {"passed": g["passed"], "summary": g["summary"]} for name, g in (evidence.get("gates") or {}).items()}
+
+
+def _steps(outputs: dict[str, dict[str, Any]], since: float) -> list[dict[str, Any]]:
+    verdicts = [o.get("verdict") for name, o in sorted(outputs.items()) if name.startswith("release-canary-")]
+    return [v for v in verdicts if v and (v.get("started_at") or 0) >= since]
+
+
+def _routes(target: Target) -> dict[str, Any] | None:
+    try:
+        return target.routes().model_dump(mode="json")
+    except TargetError:
+        return None
+
+
+def promote(ctx: StackContext, model_dir: Path, version: str | None, say: Say) -> PromoteReport:
+    """Gates, then canary, for the model in ``model_dir``; the stack's config is restored unless promoted."""
+    started, clock = time.time(), time.monotonic()
+    model = _candidate(Path(model_dir).resolve(), version)
+    try:
+        lock = ReleaseLock(ctx.project_dir, ctx.name, f"promote {model['version']}").__enter__()
+    except LockBusy as exc:
+        raise CommandFailed(str(exc)) from None
+    try:
+        before = ctx.config()
+        if "model" not in before:
+            raise CommandFailed(
+                f"stack {ctx.name} has no mlrelease:model config: write Pulumi.{ctx.name}.yaml"
+                " (Pulumi.staging.yaml is a documented example)",
+                2,
+            )
+        if model["name"] != before["model"].get("name"):
+            raise CommandFailed(
+                f"{model['path']} serves model {model['name']!r}, but stack {ctx.name} serves"
+                f" {before['model'].get('name')!r}: a stack releases one model",
+                2,
+            )
+        config = {**before, "model": {**before["model"], **model}}
+        config.pop("restore", None)
+        try:
+            load_spec(config)
+        except SpecError as exc:
+            raise CommandFailed(str(exc), 2) from None
+        verified = ctx.verified()
+        incumbent = ((verified or {}).get("live") or {}).get("version")
+        candidate = {**model, "model_dir": model.pop("path")}
+        ctx.write_config(config)
+        outcome, failure, gates, durations = "promoted", None, {}, {}
+        try:
+            say(f"preview: gates for {candidate['version']} against {incumbent or 'no incumbent (first release)'}")
+            progress = EngineProgress(say)
+            try:
+                ctx.stack.preview(on_event=progress, on_output=lambda _line: None)
+            except auto.CommandError as exc:
+                failure = progress.failure() if progress.errors else str(exc)
+                if "gate " not in failure:
+                    raise CommandFailed(failure, 2) from None
+                outcome = "blocked"
+                gates = {
+                    name: {"passed": False, "summary": summary.strip()}
+                    for name, summary in _GATE_FAILURE.findall(failure)
+                }
+            durations["preview_seconds"] = time.monotonic() - clock
+            if outcome == "promoted":
+                say("gates passed: running the canary")
+                progress = EngineProgress(say)
+                up_clock = time.monotonic()
+                try:
+                    ctx.up(f"mlrelease promote {candidate['version']} (sha256 {candidate['sha256'][:12]})", progress)
+                except auto.CommandError as exc:
+                    failure = progress.failure() if progress.errors else str(exc)
+                    if "canary step" in failure:
+                        outcome = "rolled_back"
+                    elif "gate " in failure:
+                        outcome = "blocked"
+                    else:
+                        raise CommandFailed(f"the up failed: {failure}") from None
+                durations["up_seconds"] = time.monotonic() - up_clock
+                outputs = ctx.resource_outputs()
+                gates = _gates(outputs)
+                steps = _steps(outputs, started)
+            else:
+                steps = []
+        finally:
+            if outcome != "promoted":
+                ctx.write_config(before)
+    finally:
+        lock.__exit__(None, None, None)
+    durations["total_seconds"] = time.monotonic() - clock
+    return PromoteReport(
+        stack=ctx.name,
+        outcome=outcome,  # type: ignore[arg-type]
+        candidate=candidate,
+        incumbent=incumbent,
+        gates=gates,
+        canary=steps,
+        failure=failure,
+        routes=_routes(ctx.target),
+        durations=durations,
+    )
+
+
+def move_traffic(target: Target, version: str, model_dir: Path, sha256: str) -> Routes:
+    """All traffic to ``version`` in one call, every other version at 0: the first, instant half of a rollback.
+
+    The previous version is normally warm; if it is not (an unverified release attempt replaced it), it is
+    deployed first — its digest checked — which costs a server start instead of one router call.
+    """
+    live = target.routes()
+    if version not in live.weights:
+        target.deploy(version, model_dir, sha256)
+    weights = {v: 0.0 for v in live.weights} | {version: 100.0}
+    return target.set_routes(Routes(weights=weights, primary=version))
+
+
+def _plan(ctx: StackContext, reason: str) -> tuple[dict[str, Any], bool]:
+    """The config to converge to (with its restore marker) and whether the stack is restored already."""
+    config = ctx.config()
+    verified = ctx.verified() or {}
+    live = verified.get("live") or {}
+    marker = config.get("restore")
+    if marker:  # an earlier rollback wrote it: finish or confirm that one
+        done = (live.get("version"), live.get("sha256")) == (marker["version"], marker["sha256"])
+        return config, done
+    previous, record = verified.get("previous"), verified.get("previous_release") or {}
+    if not previous or not record.get("config"):
+        raise CommandFailed(
+            f"stack {ctx.name} has no verified previous release to roll back to"
+            + (f" (live: {live.get('version')}, verified with no predecessor)" if live else " (nothing verified yet)")
+            + ": nothing was changed",
+            2,
+        )
+    restored = dict(record["config"])
+    restored["restore"] = {
+        "version": previous["version"],
+        "sha256": previous["sha256"],
+        "from_version": live.get("version"),
+        "traffic_moved_at": None,
+        "reason": reason[:500],
+    }
+    return restored, False
+
+
+def rollback(ctx: StackContext, reason: str, say: Say, *, fired_at: float | None = None) -> RollbackReport:
+    """Traffic to the verified previous version, then its recorded config converged; safe to re-run."""
+    fired_at = time.time() if fired_at is None else fired_at
+    clock = time.monotonic()
+    try:
+        lock = ReleaseLock(ctx.project_dir, ctx.name, "rollback").__enter__()
+    except LockBusy as exc:
+        raise CommandFailed(str(exc)) from None
+    try:
+        config, done = _plan(ctx, reason)
+        marker = config["restore"]
+        version = marker["version"]
+        traffic_seconds = None
+        try:
+            model_dir = resolve(config["model"]["path"], ctx.project_dir)
+            move_traffic(ctx.target, version, model_dir, marker["sha256"])
+            traffic_seconds = time.time() - fired_at
+            say(f"traffic: 100% on {version} after {traffic_seconds:.2f}s")
+            if marker.get("traffic_moved_at") is None:
+                marker["traffic_moved_at"] = time.time()
+        except TargetError as exc:
+            say(f"traffic could not move first ({exc}); the converge moves it")
+        if done:
+            say(f"stack {ctx.name} is already rolled back to {version}: confirming with an up")
+        else:
+            say(f"converging stack {ctx.name} to the recorded config of {version}")
+        ctx.write_config(config)
+        converge = time.monotonic()
+        progress = EngineProgress(say)
+        try:
+            message = f"mlrelease rollback to {version} from {marker.get('from_version')}: {marker['reason']}"
+            ctx.up(message[:900], progress)
+        except auto.CommandError as exc:
+            raise CommandFailed(
+                f"the rollback's up failed (traffic is on {version} if it moved): "
+                + (progress.failure() if progress.errors else str(exc))
+                + f"; fix it and run `mlrelease rollback --stack {ctx.name}` again"
+            ) from None
+        converge_seconds = time.monotonic() - converge
+    finally:
+        lock.__exit__(None, None, None)
+    live = (ctx.verified() or {}).get("live") or {}
+    if live.get("version") != version:
+        raise CommandFailed(f"the rollback converged but the verified live version is {live.get('version')}")
+    return RollbackReport(
+        stack=ctx.name,
+        outcome="already_rolled_back" if done else "rolled_back",
+        restored={"version": version, "sha256": marker["sha256"]},
+        from_version=marker.get("from_version"),
+        reason=marker["reason"],
+        traffic_seconds=traffic_seconds,
+        converge_seconds=converge_seconds,
+        total_seconds=time.monotonic() - clock,
+        routes=_routes(ctx.target) or {},
+    )

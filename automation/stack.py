@@ -1,0 +1,170 @@
+"""One stack as the ``mlrelease`` commands see it: its Automation API handle, config, outputs and target.
+
+Every command goes through here, so they all read config the way the program does (``mlrelease:*`` keys,
+structured values as JSON), all fail the same way on a stack that does not exist, and all turn engine
+events into the few things an operator watches: gate results, the current step and weight, verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pulumi import automation as auto
+
+from automation.engine import PROJECT_DIR, EngineMissing, engine_env, select_stack
+from components.spec import NAMESPACE
+from components.stack_config import decode_value
+from components.targets.local import LocalTarget
+
+PREFIX = f"{NAMESPACE}:"
+Say = Callable[[str], None]
+
+
+class CommandFailed(RuntimeError):
+    """A command cannot go on; ``exit_code`` 2 is bad input or a refused precondition, 1 anything else."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StackContext:
+    """An existing stack of the mlrelease project in ``project_dir`` and the target it releases to."""
+
+    def __init__(self, name: str, *, project_dir: Path = PROJECT_DIR, env: Mapping[str, str] | None = None) -> None:
+        self.name, self.project_dir = name, Path(project_dir)
+        self.env = engine_env(env)
+        try:
+            self.stack = select_stack(name, work_dir=self.project_dir, env=self.env, create=False)
+        except auto.StackNotFoundError:
+            raise CommandFailed(
+                f"stack {name!r} does not exist in {self.env['PULUMI_BACKEND_URL']}: check --stack and"
+                f" PULUMI_BACKEND_URL, or create it with `pulumi stack init {name}` and its Pulumi.{name}.yaml",
+                2,
+            ) from None
+        except EngineMissing as exc:
+            raise CommandFailed(str(exc), 2) from None
+        self.target = LocalTarget.for_stack(self.project_dir, name)
+
+    @property
+    def backend_url(self) -> str:
+        return self.env["PULUMI_BACKEND_URL"]
+
+    # -- config ------------------------------------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        """The stack's ``mlrelease:*`` config, keys without the namespace, structured values decoded."""
+        return {
+            key[len(PREFIX) :]: decode_value(value.value)
+            for key, value in self.stack.get_all_config().items()
+            if key.startswith(PREFIX)
+        }
+
+    def write_config(self, config: Mapping[str, Any]) -> None:
+        """Make ``config`` the stack's whole ``mlrelease:*`` config (keys absent from it are removed)."""
+        wanted = {key: value for key, value in config.items() if value is not None}
+        for key in set(self.config()) - set(wanted):
+            self.stack.remove_config(PREFIX + key)
+        self.stack.set_all_config(
+            {
+                PREFIX + key: auto.ConfigValue(value=value if isinstance(value, str) else json.dumps(value))
+                for key, value in wanted.items()
+            }
+        )
+
+    # -- state -------------------------------------------------------------------------------------
+
+    def verified(self) -> dict[str, Any] | None:
+        """The last verified release (the ``verified`` stack output), or None before the first one."""
+        output = self.stack.outputs().get("verified")
+        return output.value if output and output.value else None
+
+    def resource_outputs(self) -> dict[str, dict[str, Any]]:
+        """Outputs of the release resources by name (``release-gates``, ``release-canary-1``, ...)."""
+        resources = self.stack.export_stack().deployment.get("resources", [])
+        return {r["urn"].rsplit("::", 1)[-1]: r.get("outputs", {}) for r in resources}
+
+    def up(self, message: str, on_event: Callable[[auto.EngineEvent], None] | None = None) -> auto.UpResult:
+        """``pulumi up``, clearing the engine's lock first if the process holding it is dead (a crashed command).
+
+        mlrelease's own lock (held by the caller) rules out a live mlrelease; a live ``pulumi`` left over from a
+        killed command still holds the engine lock until it ends, so that one is waited for.
+        """
+        try:
+            return self.stack.up(message=message, on_event=on_event, on_output=lambda _line: None)
+        except auto.CommandError as exc:
+            holders = re.findall(r"created by \S+@(\S+) \(pid (\d+)\)", str(exc))
+            if "the stack is currently locked" not in str(exc) or not holders:
+                raise
+        here = socket.gethostname()
+        deadline = time.monotonic() + 900
+        while any(host == here and _alive(int(pid)) for host, pid in holders):
+            if time.monotonic() > deadline:
+                raise CommandFailed(f"stack {self.name} is locked by a running pulumi (pids {holders}): wait for it")
+            time.sleep(0.5)
+        if any(host != here for host, _pid in holders):
+            raise CommandFailed(
+                f"stack {self.name} is locked from another host ({holders}): make sure nothing runs there, then"
+                f" `pulumi cancel -s {self.name}`"
+            )
+        self.stack.cancel()  # the lock of a dead process (DIY backends: removes its lock file)
+        return self.stack.up(message=message, on_event=on_event, on_output=lambda _line: None)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EngineProgress:
+    """Turns engine events into progress lines and keeps the diagnostics that explain a failure."""
+
+    def __init__(self, say: Say) -> None:
+        self.say = say
+        self.errors: list[str] = []
+        self.outputs: dict[str, dict[str, Any]] = {}
+
+    def __call__(self, event: auto.EngineEvent) -> None:
+        if event.diagnostic_event and event.diagnostic_event.severity == "error":
+            message = event.diagnostic_event.message.strip()
+            if message and message not in self.errors:
+                self.errors.append(message)
+        pre = event.resource_pre_event
+        if pre and pre.metadata.op in (auto.OpType.UPDATE, auto.OpType.CREATE, auto.OpType.REPLACE):
+            name = pre.metadata.urn.rsplit("::", 1)[-1]
+            if name.startswith("release-canary-") and pre.metadata.new and pre.metadata.new.inputs:
+                inputs = pre.metadata.new.inputs
+                self.say(f"step {inputs.get('index')}: {inputs.get('weight'):g}% to {inputs.get('candidate')}, baking")
+            elif name == "release-versions":
+                self.say("deploying the candidate beside the live version")
+        done = event.res_outputs_event
+        if done and done.metadata.new and done.metadata.new.outputs is not None:
+            name = done.metadata.urn.rsplit("::", 1)[-1]
+            self.outputs[name] = dict(done.metadata.new.outputs)
+            verdict = done.metadata.new.outputs.get("verdict") if name.startswith("release-canary-") else None
+            if verdict and done.metadata.op != auto.OpType.SAME:
+                self.say(f"step {verdict['step']} passed: {verdict['explanation']}")
+
+    def failure(self) -> str:
+        """The line that says why the engine stopped: a gate's, a canary step's, a restore's or the policy's."""
+        for message in self.errors:
+            for marker in ("gate ", "canary step", "prod policy", "restore", "stack config", "candidate"):
+                if marker in message:
+                    return _one_line(message[message.index(marker) :])
+        return _one_line(self.errors[0]) if self.errors else "the engine failed: see `pulumi stack history`"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

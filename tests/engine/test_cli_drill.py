@@ -1,0 +1,82 @@
+"""``mlrelease drill`` and ``mlrelease watch``: the watcher rolls back by itself on each signal and on silence.
+
+Each test starts from v2 promoted over v1 (v1 warm) on one stack, breaks v2 for real through the router's admin
+API (or stops all traffic), and asserts the watcher fired the rollback with no human: all traffic on v1, the
+stack converged to v1's recorded config, and the measured seconds reported.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pulumi import automation as auto
+
+from automation.drill import TAG
+from tests.engine.conftest import Project, mlrelease
+
+pytestmark = pytest.mark.engine
+STACK = "drill"
+WATCH = {"missing_seconds": 6}
+BUDGET = 120
+
+
+@pytest.fixture(scope="module")
+def stack(project: Project) -> auto.Stack:
+    stack = project.stack(STACK)
+    project.configure(stack, project.config("incumbent", watch=WATCH))
+    stack.up()
+    return stack
+
+
+@pytest.fixture
+def v2_over_v1(project: Project, stack: auto.Stack) -> auto.Stack:
+    """v2 live and verified, v1 warm beside it (promoted again after an earlier test rolled it back)."""
+    if stack.outputs()["verified"].value["live"]["version"] != "v2":
+        project.configure(stack, project.config("good", watch=WATCH))
+        stack.up()
+    assert project.target(STACK).routes().model_dump() == {"weights": {"v2": 100.0, "v1": 0.0}, "primary": "v2"}
+    return stack
+
+
+def _rolled_back_to_v1(project: Project, stack: auto.Stack) -> None:
+    assert project.target(STACK).routes().model_dump() == {"weights": {"v1": 100.0}, "primary": "v1"}
+    verified = stack.outputs()["verified"].value
+    assert verified["live"]["version"] == "v1" and verified["restored_from"] == "v2"
+
+
+@pytest.mark.parametrize(
+    ("fault", "signal"), [("error", "error_rate:"), ("latency", "latency: p99"), ("divergence", "divergence:")]
+)
+def test_drill_recovers_from_each_fault_and_reports_the_seconds(
+    project: Project, v2_over_v1: auto.Stack, fault: str, signal: str
+) -> None:
+    result = mlrelease(project, "drill", "--stack", STACK, "--fault", fault, "--budget", str(BUDGET))
+    assert result.code == 0, result
+    report = result.json
+    assert report["outcome"] == "recovered" and report["problem"] is None
+    assert report["faulty_version"] == "v2" and report["restored_version"] == "v1"
+    assert 0 < report["detection_seconds"] < report["recovery_seconds"] <= BUDGET
+    assert report["traffic_seconds"] is not None and report["converge_seconds"] > 0
+    assert signal in report["breach"]
+    _rolled_back_to_v1(project, v2_over_v1)
+    kept = json.loads(Path(report["report_path"]).read_text())
+    assert kept["recovery_seconds"] == report["recovery_seconds"]
+    assert v2_over_v1.get_tag(TAG).startswith(f"recovered {fault} ")
+
+
+def test_watch_rolls_back_when_telemetry_goes_missing(project: Project, v2_over_v1: auto.Stack) -> None:
+    project.target(STACK).stop_traffic()  # no client requests: silence must not read as health
+    result = mlrelease(project, "watch", "--stack", STACK, "--exit-after-rollback", "--max-seconds", str(BUDGET))
+    assert result.code == 0, result
+    assert result.json["phase"] == "fired" and "no telemetry" in result.json["breach"]
+    assert result.json["rollback"]["restored"]["version"] == "v1"
+    _rolled_back_to_v1(project, v2_over_v1)
+
+
+def test_drill_refuses_without_a_warm_previous_version(project: Project, stack: auto.Stack) -> None:
+    if stack.outputs()["verified"].value["live"]["version"] == "v2":
+        assert mlrelease(project, "rollback", "--stack", STACK).code == 0
+    result = mlrelease(project, "drill", "--stack", STACK, "--fault", "error")
+    assert result.code == 2 and "a drill needs a verified release with a previous one" in result.stderr

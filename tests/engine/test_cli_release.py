@@ -1,0 +1,159 @@
+"""``mlrelease promote``, ``rollback``, ``audit`` and ``status`` as a user runs them: the real console script, the
+real engine, model servers, router and Prometheus.
+
+One stack for the module, in order: v1 first release, v2 promoted, a gate-failing and a canary-failing
+candidate, a rollback to v1 (and its harmless re-run), v2 promoted again and a rollback killed mid-converge
+then completed, and audit answers at times before, during and after those releases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from datetime import UTC, datetime
+
+import pytest
+from pulumi import automation as auto
+
+from automation.engine import VENV_DIR
+from serving.wait import wait_until
+from tests.engine.conftest import CliResult, Project, mlrelease
+
+pytestmark = pytest.mark.engine
+STACK = "cli"
+
+
+@pytest.fixture(scope="module")
+def stack(project: Project) -> auto.Stack:
+    stack = project.stack(STACK)
+    project.configure(stack, project.config("incumbent"))
+    return stack
+
+
+def promote(project: Project, variant: str) -> CliResult:
+    model = project.models.models[variant].model_dir
+    return mlrelease(project, "promote", "--stack", STACK, "--model", str(model))
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def routes(project: Project) -> dict:
+    return project.target(STACK).routes().model_dump()
+
+
+def test_promote_gives_promoted_blocked_and_rolled_back(project: Project, stack: auto.Stack) -> None:
+    before_first = time.time()
+    first = promote(project, "incumbent")
+    assert first.code == 0, first
+    assert first.json["outcome"] == "promoted" and first.json["incumbent"] is None
+    assert routes(project) == {"weights": {"v1": 100.0}, "primary": "v1"}
+    after_first = time.time()
+
+    good = promote(project, "good")
+    assert good.code == 0, good
+    assert good.json["outcome"] == "promoted" and good.json["incumbent"] == "v1"
+    assert set(good.json["gates"]) == {"evaluation", "latency", "memory", "drift"}
+    assert [v["weight"] for v in good.json["canary"]] == [5, 50, 100]
+    assert all(v["passed"] for v in good.json["canary"])
+    assert routes(project) == {"weights": {"v2": 100.0, "v1": 0.0}, "primary": "v2"}
+
+    blocked = promote(project, "worse")
+    assert blocked.code == 3, blocked
+    assert blocked.json["outcome"] == "blocked" and blocked.json["gates"]["evaluation"]["passed"] is False
+    assert "gate evaluation failed" in blocked.json["failure"]
+    assert routes(project)["primary"] == "v2"
+
+    caught = promote(project, "divergent")
+    assert caught.code == 4, caught
+    assert caught.json["outcome"] == "rolled_back" and "failed on disagreement" in caught.json["failure"]
+    assert routes(project)["weights"]["v2"] == 100
+    # Anything short of a promotion leaves the config naming what is live.
+    assert project_model_version(stack) == "v2"
+
+    # Audit: before the first release, settled on v1, mid-canary of v2, settled on v2 after the failures.
+    step1, step2 = good.json["canary"][0], good.json["canary"][1]
+    assert audit_models(project, before_first - 60)[0] == "before_first_release"
+    assert audit_models(project, after_first) == ("settled", {"v1": 100})
+    mid = (step1["ended_at"] + step1["started_at"]) / 2
+    assert audit_models(project, mid) == ("update_in_progress", {"v2": 5, "v1": 95})
+    mid2 = (step2["ended_at"] + step2["started_at"]) / 2
+    assert audit_models(project, mid2)[1] == {"v2": 50, "v1": 50}
+    state, live = audit_models(project, time.time())
+    assert live["v2"] == 100 and state == "settled"
+
+
+def project_model_version(stack: auto.Stack) -> str:
+    return json.loads(stack.get_config("mlrelease:model").value)["version"]
+
+
+def audit_models(project: Project, ts: float) -> tuple[str, dict[str, float]]:
+    result = mlrelease(project, "audit", "--stack", STACK, "--at", iso(ts))
+    assert result.code == 0, result
+    return result.json["state"], {m["version"]: m["traffic_percent"] for m in result.json["models"]}
+
+
+def test_rollback_restores_the_previous_verified_release_and_rerunning_is_harmless(
+    project: Project, stack: auto.Stack
+) -> None:
+    result = mlrelease(project, "rollback", "--stack", STACK)
+    assert result.code == 0, result
+    assert result.json["outcome"] == "rolled_back"
+    assert result.json["restored"]["version"] == "v1" and result.json["from_version"] == "v2"
+    assert result.json["traffic_seconds"] is not None and result.json["traffic_seconds"] < result.json["total_seconds"]
+    assert routes(project) == {"weights": {"v1": 100.0}, "primary": "v1"}
+    verified = stack.outputs()["verified"].value
+    assert verified["live"]["version"] == "v1" and verified["restored_from"] == "v2"
+    assert project_model_version(stack) == "v1"
+    assert project.target(STACK).deployment("v2") is None  # the bad version is gone, not kept warm
+
+    again = mlrelease(project, "rollback", "--stack", STACK)
+    assert again.code == 0, again
+    assert again.json["outcome"] == "already_rolled_back"
+    assert routes(project) == {"weights": {"v1": 100.0}, "primary": "v1"}
+    assert stack.outputs()["verified"].value["verified_at"] == verified["verified_at"]  # nothing re-verified
+
+    status = mlrelease(project, "status", "--stack", STACK)
+    assert status.code == 0, status
+    assert status.json["verified"]["live"]["version"] == "v1" and status.json["restored_from"] == "v2"
+
+    nothing = mlrelease(project, "rollback", "--stack", "no-such-stack")
+    assert nothing.code == 2 and "does not exist" in nothing.stderr
+
+
+def test_rollback_killed_mid_converge_completes_when_run_again(project: Project, stack: auto.Stack) -> None:
+    assert promote(project, "good").code == 0
+    argv = [str(VENV_DIR / "bin" / "mlrelease"), "rollback", "--stack", STACK, "--project-dir", str(project.dir)]
+    proc = subprocess.Popen(argv, env=project.env, start_new_session=True, stderr=subprocess.PIPE, text=True)
+    config_file = project.dir / f"Pulumi.{STACK}.yaml"
+    # Killed once the restore config is written, i.e. while its up converges: traffic already moved.
+    wait_until(lambda: "mlrelease:restore" in config_file.read_text(), 120, "the rollback's restore config")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert routes(project)["primary"] == "v1"
+
+    result = mlrelease(project, "rollback", "--stack", STACK)
+    assert result.code == 0, result
+    assert result.json["outcome"] in ("rolled_back", "already_rolled_back")
+    assert stack.outputs()["verified"].value["live"]["version"] == "v1"
+    assert routes(project) == {"weights": {"v1": 100.0}, "primary": "v1"}
+
+
+def test_bad_input_exits_2_and_changes_nothing(project: Project, stack: auto.Stack, tmp_path, unchanged) -> None:
+    assert_unchanged = unchanged(stack, project.target(STACK))
+    missing = mlrelease(project, "promote", "--stack", STACK, "--model", str(tmp_path / "nope"))
+    assert missing.code == 2 and "--model" in missing.stderr
+    wrong = promote_with_version(project, "good", "v7")
+    assert wrong.code == 2 and "serves version v2" in wrong.stderr
+    bad_time = mlrelease(project, "audit", "--stack", STACK, "--at", "yesterday")
+    assert bad_time.code == 2 and "ISO 8601" in bad_time.stderr
+    assert_unchanged()
+
+
+def promote_with_version(project: Project, variant: str, version: str) -> CliResult:
+    model = project.models.models[variant].model_dir
+    return mlrelease(project, "promote", "--stack", STACK, "--model", str(model), "--version", version)
