@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 import yaml
@@ -20,7 +20,10 @@ from pydantic import BaseModel
 from rich.console import Console
 
 from automation.engine import PROJECT_DIR, EngineMissing, engine_env, pulumi_command
-from automation.stack import CommandFailed, StackContext
+from automation.errors import CommandFailed
+
+if TYPE_CHECKING:
+    from automation.stack import StackContext
 
 app = typer.Typer(help="Release control plane for production ML models.", no_args_is_help=True)
 out = Console(highlight=False, soft_wrap=True)
@@ -56,6 +59,8 @@ def _emit(report: BaseModel, as_json: bool, lines: list[str]) -> None:
 
 
 def _context(stack: str, project_dir: Path) -> StackContext:
+    from automation.stack import StackContext  # heavy (engine, target): only the commands that drive a stack
+
     try:
         return StackContext(stack, project_dir=project_dir)
     except CommandFailed as exc:

@@ -1,8 +1,9 @@
 """``make demo``: a release story on the embedded local default, with the real engine and real servers.
 
 On a ``demo`` stack of the local ``file://`` backend it deploys v1, promotes v2 through every canary step,
-blocks a worse candidate at a gate (the preview fails; state and traffic stay as they were), and catches a
-divergent candidate in the canary (traffic returns to v2 at once), printing each verdict. At the end the stack
+blocks a worse candidate at a gate (the preview fails; state and traffic stay as they were), catches a
+divergent candidate in the canary (traffic returns to v2 at once), printing each verdict, and rolls back to
+v1 with ``mlrelease rollback`` (traffic first, then the recorded config converged). At the end the stack
 is destroyed (its history is kept) unless ``--keep`` is given. The config is ``Pulumi.staging.yaml``'s, with
 smaller canary steps so the story takes a few minutes.
 """
@@ -20,6 +21,8 @@ from pulumi import automation as auto
 from rich.console import Console
 
 from automation.engine import PROJECT_DIR, select_stack
+from automation.release import rollback
+from automation.stack import StackContext
 from components.targets.local import LocalTarget
 from serving.sample_models import SampleModels, build_sample_models
 from serving.sample_windows import build_sample_windows
@@ -43,6 +46,9 @@ def configure(stack: auto.Stack, config: dict[str, Any], built: SampleModels, va
         **config,
         "model": {**config["model"], "version": model.version, "path": str(model.model_dir), "sha256": model.sha256},
     }
+    for key in stack.get_all_config():  # e.g. the restore marker of a kept demo's rollback
+        if key.startswith("mlrelease:") and key.split(":", 1)[1] not in release:
+            stack.remove_config(key)
     stack.set_all_config(
         {
             f"mlrelease:{key}": auto.ConfigValue(value=json.dumps(value) if not isinstance(value, str) else value)
@@ -124,7 +130,14 @@ def run(keep: bool) -> int:
                 ok = False
             after = routes(target)
             console.print(f"    live: {after}" + ("  (unchanged)" if after == before else ""))
-        configure(stack, config, built, "good")
+        console.print("\n[bold]5. roll back[/] to the verified previous release (traffic first, then state)")
+        report = rollback(StackContext(STACK), "demo: operator rollback", lambda _line: None)
+        traffic = "with the converge" if report.traffic_seconds is None else f"in {report.traffic_seconds:.2f}s"
+        console.print(
+            f"    [green]{report.outcome}[/]: traffic on {report.restored['version']} {traffic},"
+            f" stack converged in {report.converge_seconds:.1f}s"
+        )
+        console.print(f"    live: {routes(target)}")
         history = stack.history()
         verified = stack.outputs()["verified"].value["live"]["version"]
         console.print(

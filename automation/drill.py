@@ -18,8 +18,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from automation.errors import CommandFailed
 from automation.lock import holder
-from automation.stack import CommandFailed, Say, StackContext
+from automation.stack import Say, StackContext
 from automation.watch import Watcher
 from components.targets.base import Fault, TargetError
 

@@ -13,7 +13,9 @@ to, so re-running finishes the job; once restored, a re-run only confirms it.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +23,9 @@ from typing import Any, Literal
 from pulumi import automation as auto
 from pydantic import BaseModel, Field
 
+from automation.errors import CommandFailed
 from automation.lock import LockBusy, ReleaseLock
-from automation.stack import CommandFailed, EngineProgress, Say, StackContext
+from automation.stack import EngineProgress, Say, StackContext
 from components.spec import SpecError, load_spec, resolve
 from components.targets.base import Routes, Target, TargetError
 from serving.artifacts import ArtifactDigestError, ModelDirError, artifact_digest, read_settings
@@ -146,6 +149,9 @@ def promote(ctx: StackContext, model_dir: Path, version: str | None, say: Say) -
                 say("gates passed: running the canary")
                 progress = EngineProgress(say)
                 up_clock = time.monotonic()
+                stop = threading.Event()
+                follower = threading.Thread(target=progress.follow, args=(ctx.target, stop), daemon=True)
+                follower.start()
                 try:
                     ctx.up(f"mlrelease promote {candidate['version']} (sha256 {candidate['sha256'][:12]})", progress)
                 except auto.CommandError as exc:
@@ -156,6 +162,9 @@ def promote(ctx: StackContext, model_dir: Path, version: str | None, say: Say) -
                         outcome = "blocked"
                     else:
                         raise CommandFailed(f"the up failed: {failure}") from None
+                finally:
+                    stop.set()
+                    follower.join()
                 durations["up_seconds"] = time.monotonic() - up_clock
                 outputs = ctx.resource_outputs()
                 gates = _gates(outputs)
@@ -181,7 +190,7 @@ def promote(ctx: StackContext, model_dir: Path, version: str | None, say: Say) -
     )
 
 
-def move_traffic(target: Target, version: str, model_dir: Path, sha256: str) -> Routes:
+def move_traffic(target: Target, version: str, model_dir: Path | None, sha256: str | None) -> Routes:
     """All traffic to ``version`` in one call, every other version at 0: the first, instant half of a rollback.
 
     The previous version is normally warm; if it is not (an unverified release attempt replaced it), it is
@@ -189,6 +198,8 @@ def move_traffic(target: Target, version: str, model_dir: Path, sha256: str) -> 
     """
     live = target.routes()
     if version not in live.weights:
+        if model_dir is None or sha256 is None:
+            raise TargetError(f"{version} is not deployed")
         target.deploy(version, model_dir, sha256)
     weights = {v: 0.0 for v in live.weights} | {version: 100.0}
     return target.set_routes(Routes(weights=weights, primary=version))
@@ -222,8 +233,15 @@ def _plan(ctx: StackContext, reason: str) -> tuple[dict[str, Any], bool]:
     return restored, False
 
 
-def rollback(ctx: StackContext, reason: str, say: Say, *, fired_at: float | None = None) -> RollbackReport:
-    """Traffic to the verified previous version, then its recorded config converged; safe to re-run."""
+def rollback(
+    ctx: StackContext, reason: str, say: Say, *, fired_at: float | None = None, warm: str | None = None
+) -> RollbackReport:
+    """Traffic to the verified previous version, then its recorded config converged; safe to re-run.
+
+    ``warm`` (the watcher knows it) is the previous version already serving: traffic moves to it before the
+    stack's outputs and config are read, which costs engine calls; if the stack then names another target,
+    traffic moves again.
+    """
     fired_at = time.time() if fired_at is None else fired_at
     clock = time.monotonic()
     try:
@@ -231,19 +249,27 @@ def rollback(ctx: StackContext, reason: str, say: Say, *, fired_at: float | None
     except LockBusy as exc:
         raise CommandFailed(str(exc)) from None
     try:
+        moved: str | None = None
+        traffic_seconds = moved_at = None
+        if warm is not None:
+            with contextlib.suppress(TargetError):
+                move_traffic(ctx.target, warm, None, None)
+                moved, moved_at, traffic_seconds = warm, time.time(), time.time() - fired_at
         config, done = _plan(ctx, reason)
         marker = config["restore"]
         version = marker["version"]
-        traffic_seconds = None
-        try:
-            model_dir = resolve(config["model"]["path"], ctx.project_dir)
-            move_traffic(ctx.target, version, model_dir, marker["sha256"])
-            traffic_seconds = time.time() - fired_at
+        if moved != version:
+            try:
+                model_dir = resolve(config["model"]["path"], ctx.project_dir)
+                move_traffic(ctx.target, version, model_dir, marker["sha256"])
+                moved_at, traffic_seconds = time.time(), time.time() - fired_at
+            except TargetError as exc:
+                traffic_seconds = None
+                say(f"traffic could not move first ({exc}); the converge moves it")
+        if traffic_seconds is not None:
             say(f"traffic: 100% on {version} after {traffic_seconds:.2f}s")
             if marker.get("traffic_moved_at") is None:
-                marker["traffic_moved_at"] = time.time()
-        except TargetError as exc:
-            say(f"traffic could not move first ({exc}); the converge moves it")
+                marker["traffic_moved_at"] = moved_at
         if done:
             say(f"stack {ctx.name} is already rolled back to {version}: confirming with an up")
         else:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,20 +20,14 @@ from typing import Any
 from pulumi import automation as auto
 
 from automation.engine import PROJECT_DIR, EngineMissing, engine_env, select_stack
+from automation.errors import CommandFailed
 from components.spec import NAMESPACE
 from components.stack_config import decode_value
+from components.targets.base import TargetError
 from components.targets.local import LocalTarget
 
 PREFIX = f"{NAMESPACE}:"
 Say = Callable[[str], None]
-
-
-class CommandFailed(RuntimeError):
-    """A command cannot go on; ``exit_code`` 2 is bad input or a refused precondition, 1 anything else."""
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 class StackContext:
@@ -135,6 +130,7 @@ class EngineProgress:
         self.say = say
         self.errors: list[str] = []
         self.outputs: dict[str, dict[str, Any]] = {}
+        self.baking: tuple[int, float] | None = None  # (step index, when it started) while a step bakes
 
     def __call__(self, event: auto.EngineEvent) -> None:
         if event.diagnostic_event and event.diagnostic_event.severity == "error":
@@ -146,6 +142,7 @@ class EngineProgress:
             name = pre.metadata.urn.rsplit("::", 1)[-1]
             if name.startswith("release-canary-") and pre.metadata.new and pre.metadata.new.inputs:
                 inputs = pre.metadata.new.inputs
+                self.baking = (int(inputs.get("index") or 0), time.time())
                 self.say(f"step {inputs.get('index')}: {inputs.get('weight'):g}% to {inputs.get('candidate')}, baking")
             elif name == "release-versions":
                 self.say("deploying the candidate beside the live version")
@@ -155,7 +152,26 @@ class EngineProgress:
             self.outputs[name] = dict(done.metadata.new.outputs)
             verdict = done.metadata.new.outputs.get("verdict") if name.startswith("release-canary-") else None
             if verdict and done.metadata.op != auto.OpType.SAME:
+                self.baking = None
                 self.say(f"step {verdict['step']} passed: {verdict['explanation']}")
+
+    def follow(self, target: LocalTarget, stop: threading.Event, every: float = 3.0) -> None:
+        """While a step bakes, report the live split and the shadow pairs collected so far (run in a thread)."""
+        cursor, counted, step = None, 0, None
+        while not stop.wait(every):
+            baking = self.baking
+            if baking is None:
+                continue
+            if baking[0] != step:
+                cursor, counted, step = None, 0, baking[0]
+            try:
+                page = target.pairs(cursor, since_ts=baking[1], limit=5000)
+                cursor, counted = page.cursor, counted + len(page.pairs)
+                live = target.routes()
+            except TargetError:
+                continue
+            split = ", ".join(f"{v} {w:g}%" for v, w in live.weights.items())
+            self.say(f"step {step}: {split}; {counted} shadow pairs in {time.time() - baking[1]:.0f}s")
 
     def failure(self) -> str:
         """The line that says why the engine stopped: a gate's, a canary step's, a restore's or the policy's."""

@@ -26,9 +26,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from automation.errors import CommandFailed
 from automation.lock import holder
 from automation.release import RollbackReport, rollback
-from automation.stack import CommandFailed, Say, StackContext
+from automation.stack import Say, StackContext
 from components.spec import ReleaseSpec, SpecError, load_spec
 from components.targets.base import PairCursor, TargetError
 from verification.health import (
@@ -181,16 +182,18 @@ class Watcher:
         )
         self._write()
         if verdict.breached:
-            self.fire(verdict, now)
+            self.fire(verdict)
         return verdict
 
-    def fire(self, verdict: HealthVerdict, now: float) -> None:
+    def fire(self, verdict: HealthVerdict) -> None:
+        """Roll back now; ``fired_at`` is the decision's time (a look's reads take up to a scrape interval)."""
+        now = time.time()
         breach = "; ".join(s.explanation for s in verdict.breached)
         self.say(f"BREACH on {self.state.live}: {breach}: rolling back")
         self.state = self.state.model_copy(update={"phase": "fired", "fired_at": now, "breach": breach})
         self._write()
         try:
-            report = rollback(self.ctx, f"watch: {breach}", self.say, fired_at=now)
+            report = rollback(self.ctx, f"watch: {breach}", self.say, fired_at=now, warm=self.state.previous)
         except CommandFailed as exc:
             self.state = self.state.model_copy(update={"phase": "failed", "error": str(exc)})
             self._write()

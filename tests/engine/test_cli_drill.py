@@ -14,6 +14,7 @@ import pytest
 from pulumi import automation as auto
 
 from automation.drill import TAG
+from automation.lock import ReleaseLock
 from tests.engine.conftest import Project, mlrelease
 
 pytestmark = pytest.mark.engine
@@ -66,8 +67,17 @@ def test_drill_recovers_from_each_fault_and_reports_the_seconds(
     assert v2_over_v1.get_tag(TAG).startswith(f"recovered {fault} ")
 
 
-def test_watch_rolls_back_when_telemetry_goes_missing(project: Project, v2_over_v1: auto.Stack) -> None:
+def test_watch_rolls_back_when_telemetry_goes_missing_but_never_during_a_promote(
+    project: Project, v2_over_v1: auto.Stack
+) -> None:
     project.target(STACK).stop_traffic()  # no client requests: silence must not read as health
+    with ReleaseLock(project.dir, STACK, "promote v9"):  # a promote in progress: nothing may interleave
+        paused = mlrelease(project, "watch", "--stack", STACK, "--exit-after-rollback", "--max-seconds", "12")
+        busy = mlrelease(project, "rollback", "--stack", STACK)
+    assert paused.code == 0 and paused.json["phase"] == "stopped" and paused.json["fired_at"] is None, paused
+    assert busy.code == 1 and "busy: promote v9" in busy.stderr
+    assert v2_over_v1.outputs()["verified"].value["live"]["version"] == "v2"
+
     result = mlrelease(project, "watch", "--stack", STACK, "--exit-after-rollback", "--max-seconds", str(BUDGET))
     assert result.code == 0, result
     assert result.json["phase"] == "fired" and "no telemetry" in result.json["breach"]
