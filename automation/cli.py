@@ -86,6 +86,9 @@ def promote(
     model_version: Annotated[
         str | None, typer.Option("--version", help="version label (default: the one in model-settings.json)")
     ] = None,
+    sha256: Annotated[
+        str | None, typer.Option("--sha256", help="expected artifact digest; a different artifact is refused")
+    ] = None,
     as_json: JsonOpt = False,
     project_dir: ProjectOpt = PROJECT_DIR,
 ) -> None:
@@ -95,7 +98,7 @@ def promote(
 
     ctx = _context(stack, project_dir)
     try:
-        report = run(ctx, model, model_version, _say)
+        report = run(ctx, model, model_version, _say, expected_sha256=sha256)
     except CommandFailed as exc:
         raise _fail(exc, exc.exit_code) from None
     lines = [f"{report.outcome}: {report.candidate['version']} on {stack} (incumbent {report.incumbent})"]

@@ -39,14 +39,27 @@ def holder(project_dir: Path, stack: str) -> dict | None:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            try:
-                return json.loads(path.read_text() or "{}")
+            try:  # empty while a new holder is still writing who it is: held all the same
+                return json.loads(path.read_text() or "{}") or {"pid": None, "operation": "unknown", "since": None}
             except (OSError, ValueError):
                 return {"pid": None, "operation": "unknown", "since": None}
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
         os.close(fd)
+
+
+def _exclusive(fd: int, patience_s: float = 2.0) -> bool:
+    """Take the lock, waiting out a watcher's momentary shared look (microseconds), never a real holder."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 class ReleaseLock:
@@ -59,9 +72,7 @@ class ReleaseLock:
     def __enter__(self) -> ReleaseLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _exclusive(fd):
             os.close(fd)
             held = holder(self.path.parents[2], self.stack) or {}
             since = held.get("since")

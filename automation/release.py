@@ -62,12 +62,18 @@ class RollbackReport(BaseModel):
     routes: dict[str, Any]
 
 
-def _candidate(model_dir: Path, version: str | None) -> dict[str, str]:
+def _candidate(model_dir: Path, version: str | None, expected_sha256: str | None) -> dict[str, str]:
     try:
         settings = read_settings(model_dir)
         sha256 = artifact_digest(model_dir)
     except (ModelDirError, ArtifactDigestError, OSError) as exc:
         raise CommandFailed(f"--model {model_dir}: {exc}", 2) from None
+    if expected_sha256 and expected_sha256.lower() != sha256:
+        raise CommandFailed(
+            f"--model {model_dir}: artifact sha256 is {sha256}, not the expected {expected_sha256}: the artifact was"
+            " changed or the wrong directory was given; nothing was released",
+            2,
+        )
     served = settings.parameters.version
     if version and served and version != served:
         raise CommandFailed(
@@ -97,10 +103,16 @@ def _routes(target: Target) -> dict[str, Any] | None:
         return None
 
 
-def promote(ctx: StackContext, model_dir: Path, version: str | None, say: Say) -> PromoteReport:
-    """Gates, then canary, for the model in ``model_dir``; the stack's config is restored unless promoted."""
+def promote(
+    ctx: StackContext, model_dir: Path, version: str | None, say: Say, *, expected_sha256: str | None = None
+) -> PromoteReport:
+    """Gates, then canary, for the model in ``model_dir``; the stack's config is restored unless promoted.
+
+    ``expected_sha256`` (from the training pipeline's record) makes a changed artifact an error before anything
+    runs; without it the digest is computed here and pinned in config, so the gates and the target check it.
+    """
     started, clock = time.time(), time.monotonic()
-    model = _candidate(Path(model_dir).resolve(), version)
+    model = _candidate(Path(model_dir).resolve(), version, expected_sha256)
     try:
         lock = ReleaseLock(ctx.project_dir, ctx.name, f"promote {model['version']}").__enter__()
     except LockBusy as exc:

@@ -52,6 +52,9 @@ def test_promote_gives_promoted_blocked_and_rolled_back(project: Project, stack:
     assert first.code == 0, first
     assert first.json["outcome"] == "promoted" and first.json["incumbent"] is None
     assert routes(project) == {"weights": {"v1": 100.0}, "primary": "v1"}
+    refused = mlrelease(project, "rollback", "--stack", STACK)  # v1 has no predecessor to go back to
+    assert refused.code == 2 and "no verified previous release to roll back to" in refused.stderr, refused
+    assert routes(project) == {"weights": {"v1": 100.0}, "primary": "v1"}
     after_first = time.time()
 
     good = promote(project, "good")
@@ -149,6 +152,9 @@ def test_bad_input_exits_2_and_changes_nothing(project: Project, stack: auto.Sta
     assert missing.code == 2 and "--model" in missing.stderr
     wrong = promote_with_version(project, "good", "v7")
     assert wrong.code == 2 and "serves version v2" in wrong.stderr
+    good = project.models.models["good"]
+    tampered = mlrelease(project, "promote", "--stack", STACK, "--model", str(good.model_dir), "--sha256", "0" * 64)
+    assert tampered.code == 2 and f"artifact sha256 is {good.sha256}, not the expected" in tampered.stderr
     bad_time = mlrelease(project, "audit", "--stack", STACK, "--at", "yesterday")
     assert bad_time.code == 2 and "ISO 8601" in bad_time.stderr
     assert_unchanged()
