@@ -111,83 +111,84 @@ def promote(
     ``expected_sha256`` (from the training pipeline's record) makes a changed artifact an error before anything
     runs; without it the digest is computed here and pinned in config, so the gates and the target check it.
     """
-    started, clock = time.time(), time.monotonic()
     model = _candidate(Path(model_dir).resolve(), version, expected_sha256)
     try:
-        lock = ReleaseLock(ctx.project_dir, ctx.name, f"promote {model['version']}").__enter__()
+        with ReleaseLock(ctx.project_dir, ctx.name, f"promote {model['version']}"):
+            return _promote(ctx, model, say)
     except LockBusy as exc:
         raise CommandFailed(str(exc)) from None
+
+
+def _promote(ctx: StackContext, model: dict[str, str], say: Say) -> PromoteReport:
+    started, clock = time.time(), time.monotonic()
+    before = ctx.config()
+    if "model" not in before:
+        raise CommandFailed(
+            f"stack {ctx.name} has no mlrelease:model config: write Pulumi.{ctx.name}.yaml"
+            " (Pulumi.staging.yaml is a documented example)",
+            2,
+        )
+    if model["name"] != before["model"].get("name"):
+        raise CommandFailed(
+            f"{model['path']} serves model {model['name']!r}, but stack {ctx.name} serves"
+            f" {before['model'].get('name')!r}: a stack releases one model",
+            2,
+        )
+    config = {**before, "model": {**before["model"], **model}}
+    config.pop("restore", None)
     try:
-        before = ctx.config()
-        if "model" not in before:
-            raise CommandFailed(
-                f"stack {ctx.name} has no mlrelease:model config: write Pulumi.{ctx.name}.yaml"
-                " (Pulumi.staging.yaml is a documented example)",
-                2,
-            )
-        if model["name"] != before["model"].get("name"):
-            raise CommandFailed(
-                f"{model['path']} serves model {model['name']!r}, but stack {ctx.name} serves"
-                f" {before['model'].get('name')!r}: a stack releases one model",
-                2,
-            )
-        config = {**before, "model": {**before["model"], **model}}
-        config.pop("restore", None)
+        load_spec(config)
+    except SpecError as exc:
+        raise CommandFailed(str(exc), 2) from None
+    verified = ctx.verified()
+    incumbent = ((verified or {}).get("live") or {}).get("version")
+    candidate = {**model, "model_dir": model.pop("path")}
+    ctx.write_config(config)
+    outcome, failure, gates, durations, promoted = "promoted", None, {}, {}, False
+    try:
+        say(f"preview: gates for {candidate['version']} against {incumbent or 'no incumbent (first release)'}")
+        progress = EngineProgress(say)
         try:
-            load_spec(config)
-        except SpecError as exc:
-            raise CommandFailed(str(exc), 2) from None
-        verified = ctx.verified()
-        incumbent = ((verified or {}).get("live") or {}).get("version")
-        candidate = {**model, "model_dir": model.pop("path")}
-        ctx.write_config(config)
-        outcome, failure, gates, durations = "promoted", None, {}, {}
-        try:
-            say(f"preview: gates for {candidate['version']} against {incumbent or 'no incumbent (first release)'}")
+            ctx.stack.preview(on_event=progress, on_output=lambda _line: None)
+        except auto.CommandError as exc:
+            failure = progress.failure() if progress.errors else str(exc)
+            if "gate " not in failure:
+                raise CommandFailed(failure, 2) from None
+            outcome = "blocked"
+            gates = {
+                name: {"passed": False, "summary": summary.strip()} for name, summary in _GATE_FAILURE.findall(failure)
+            }
+        durations["preview_seconds"] = time.monotonic() - clock
+        if outcome == "promoted":
+            say("gates passed: running the canary")
             progress = EngineProgress(say)
+            up_clock = time.monotonic()
+            stop = threading.Event()
+            follower = threading.Thread(target=progress.follow, args=(ctx.target, stop), daemon=True)
+            follower.start()
             try:
-                ctx.stack.preview(on_event=progress, on_output=lambda _line: None)
+                ctx.up(f"mlrelease promote {candidate['version']} (sha256 {candidate['sha256'][:12]})", progress)
             except auto.CommandError as exc:
                 failure = progress.failure() if progress.errors else str(exc)
-                if "gate " not in failure:
-                    raise CommandFailed(failure, 2) from None
-                outcome = "blocked"
-                gates = {
-                    name: {"passed": False, "summary": summary.strip()}
-                    for name, summary in _GATE_FAILURE.findall(failure)
-                }
-            durations["preview_seconds"] = time.monotonic() - clock
-            if outcome == "promoted":
-                say("gates passed: running the canary")
-                progress = EngineProgress(say)
-                up_clock = time.monotonic()
-                stop = threading.Event()
-                follower = threading.Thread(target=progress.follow, args=(ctx.target, stop), daemon=True)
-                follower.start()
-                try:
-                    ctx.up(f"mlrelease promote {candidate['version']} (sha256 {candidate['sha256'][:12]})", progress)
-                except auto.CommandError as exc:
-                    failure = progress.failure() if progress.errors else str(exc)
-                    if "canary step" in failure:
-                        outcome = "rolled_back"
-                    elif "gate " in failure:
-                        outcome = "blocked"
-                    else:
-                        raise CommandFailed(f"the up failed: {failure}") from None
-                finally:
-                    stop.set()
-                    follower.join()
-                durations["up_seconds"] = time.monotonic() - up_clock
-                outputs = ctx.resource_outputs()
-                gates = _gates(outputs)
-                steps = _steps(outputs, started)
-            else:
-                steps = []
-        finally:
-            if outcome != "promoted":
-                ctx.write_config(before)
+                if "canary step" in failure:
+                    outcome = "rolled_back"
+                elif "gate " in failure:
+                    outcome = "blocked"
+                else:
+                    raise CommandFailed(f"the up failed: {failure}") from None
+            finally:
+                stop.set()
+                follower.join()
+            durations["up_seconds"] = time.monotonic() - up_clock
+            promoted = outcome == "promoted"
+            outputs = ctx.resource_outputs()
+            gates = _gates(outputs)
+            steps = _steps(outputs, started)
+        else:
+            steps = []
     finally:
-        lock.__exit__(None, None, None)
+        if not promoted:  # blocked, rolled back or failed: config names what is live
+            ctx.write_config(before)
     durations["total_seconds"] = time.monotonic() - clock
     return PromoteReport(
         stack=ctx.name,
@@ -255,52 +256,53 @@ def rollback(
     traffic moves again.
     """
     fired_at = time.time() if fired_at is None else fired_at
-    clock = time.monotonic()
     try:
-        lock = ReleaseLock(ctx.project_dir, ctx.name, "rollback").__enter__()
+        with ReleaseLock(ctx.project_dir, ctx.name, "rollback"):
+            return _rollback(ctx, reason, say, fired_at, warm)
     except LockBusy as exc:
         raise CommandFailed(str(exc)) from None
-    try:
-        moved: str | None = None
-        traffic_seconds = moved_at = None
-        if warm is not None:
-            with contextlib.suppress(TargetError):
-                move_traffic(ctx.target, warm, None, None)
-                moved, moved_at, traffic_seconds = warm, time.time(), time.time() - fired_at
-        config, done = _plan(ctx, reason)
-        marker = config["restore"]
-        version = marker["version"]
-        if moved != version:
-            try:
-                model_dir = resolve(config["model"]["path"], ctx.project_dir)
-                move_traffic(ctx.target, version, model_dir, marker["sha256"])
-                moved_at, traffic_seconds = time.time(), time.time() - fired_at
-            except TargetError as exc:
-                traffic_seconds = None
-                say(f"traffic could not move first ({exc}); the converge moves it")
-        if traffic_seconds is not None:
-            say(f"traffic: 100% on {version} after {traffic_seconds:.2f}s")
-            if marker.get("traffic_moved_at") is None:
-                marker["traffic_moved_at"] = moved_at
-        if done:
-            say(f"stack {ctx.name} is already rolled back to {version}: confirming with an up")
-        else:
-            say(f"converging stack {ctx.name} to the recorded config of {version}")
-        ctx.write_config(config)
-        converge = time.monotonic()
-        progress = EngineProgress(say)
+
+
+def _rollback(ctx: StackContext, reason: str, say: Say, fired_at: float, warm: str | None) -> RollbackReport:
+    clock = time.monotonic()
+    moved: str | None = None
+    traffic_seconds = moved_at = None
+    if warm is not None:
+        with contextlib.suppress(TargetError):
+            move_traffic(ctx.target, warm, None, None)
+            moved, moved_at, traffic_seconds = warm, time.time(), time.time() - fired_at
+    config, done = _plan(ctx, reason)
+    marker = config["restore"]
+    version = marker["version"]
+    if moved != version:
         try:
-            message = f"mlrelease rollback to {version} from {marker.get('from_version')}: {marker['reason']}"
-            ctx.up(message[:900], progress)
-        except auto.CommandError as exc:
-            raise CommandFailed(
-                f"the rollback's up failed (traffic is on {version} if it moved): "
-                + (progress.failure() if progress.errors else str(exc))
-                + f"; fix it and run `mlrelease rollback --stack {ctx.name}` again"
-            ) from None
-        converge_seconds = time.monotonic() - converge
-    finally:
-        lock.__exit__(None, None, None)
+            model_dir = resolve(config["model"]["path"], ctx.project_dir)
+            move_traffic(ctx.target, version, model_dir, marker["sha256"])
+            moved_at, traffic_seconds = time.time(), time.time() - fired_at
+        except TargetError as exc:
+            traffic_seconds = None
+            say(f"traffic could not move first ({exc}); the converge moves it")
+    if traffic_seconds is not None:
+        say(f"traffic: 100% on {version} after {traffic_seconds:.2f}s")
+        if marker.get("traffic_moved_at") is None:
+            marker["traffic_moved_at"] = moved_at
+    if done:
+        say(f"stack {ctx.name} is already rolled back to {version}: confirming with an up")
+    else:
+        say(f"converging stack {ctx.name} to the recorded config of {version}")
+    ctx.write_config(config)
+    converge = time.monotonic()
+    progress = EngineProgress(say)
+    try:
+        message = f"mlrelease rollback to {version} from {marker.get('from_version')}: {marker['reason']}"
+        ctx.up(message[:900], progress)
+    except auto.CommandError as exc:
+        raise CommandFailed(
+            f"the rollback's up failed (traffic is on {version} if it moved): "
+            + (progress.failure() if progress.errors else str(exc))
+            + f"; fix it and run `mlrelease rollback --stack {ctx.name}` again"
+        ) from None
+    converge_seconds = time.monotonic() - converge
     live = (ctx.verified() or {}).get("live") or {}
     if live.get("version") != version:
         raise CommandFailed(f"the rollback converged but the verified live version is {live.get('version')}")

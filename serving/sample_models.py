@@ -44,6 +44,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 from serving.artifacts import file_sha256
 from serving.scorers import (
@@ -192,8 +193,12 @@ def build_sample_models(out_dir: Path) -> SampleModels:
     schema_path = data_dir / "schema.json"
     _write_json(schema_path, feature_schema())
 
+    # Single-threaded BLAS: a multi-threaded reduction may round differently from run to run, and one bit of
+    # a coefficient changes the artifact's digest, which the stack configs and tests pin.
+    with threadpool_limits(limits=1):
+        scorers = _scorers(X_train, y_train)
     models = {}
-    for variant, scorer in _scorers(X_train, y_train).items():
+    for variant, scorer in scorers.items():
         model_dir = out_dir / "models" / variant
         model_dir.mkdir(parents=True, exist_ok=True)
         artifact = model_dir / "model.joblib"

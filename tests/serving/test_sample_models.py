@@ -142,4 +142,5 @@ def test_cli_prints_every_variant_with_digest(tmp_path: Path, sample_models: Sam
         timeout=120,
     ).stdout
     for model in sample_models.models.values():
-        assert f"{model.variant} " in out and model.version in out and model.sha256 in out
+        [line] = [line for line in out.splitlines() if line.startswith(f"{model.variant} ")]
+        assert model.version in line and model.sha256 in line, (line, model)
