@@ -48,10 +48,6 @@ class StackContext:
             raise CommandFailed(str(exc), 2) from None
         self.target = LocalTarget.for_stack(self.project_dir, name)
 
-    @property
-    def backend_url(self) -> str:
-        return self.env["PULUMI_BACKEND_URL"]
-
     # -- config ------------------------------------------------------------------------------------
 
     def config(self) -> dict[str, Any]:
@@ -129,7 +125,6 @@ class EngineProgress:
     def __init__(self, say: Say) -> None:
         self.say = say
         self.errors: list[str] = []
-        self.outputs: dict[str, dict[str, Any]] = {}
         self.baking: tuple[int, float] | None = None  # (step index, when it started) while a step bakes
 
     def __call__(self, event: auto.EngineEvent) -> None:
@@ -149,7 +144,6 @@ class EngineProgress:
         done = event.res_outputs_event
         if done and done.metadata.new and done.metadata.new.outputs is not None:
             name = done.metadata.urn.rsplit("::", 1)[-1]
-            self.outputs[name] = dict(done.metadata.new.outputs)
             verdict = done.metadata.new.outputs.get("verdict") if name.startswith("release-canary-") else None
             if verdict and done.metadata.op != auto.OpType.SAME:
                 self.baking = None
