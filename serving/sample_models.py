@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import joblib
@@ -44,7 +46,6 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from threadpoolctl import threadpool_limits
 
 from serving.artifacts import file_sha256
 from serving.scorers import (
@@ -179,7 +180,21 @@ def _write_json(path: Path, payload: object) -> None:
 
 
 def build_sample_models(out_dir: Path) -> SampleModels:
-    """Train every variant and write model directories, held-out data, schema and manifest to ``out_dir``."""
+    """Train every variant and write model directories, held-out data, schema and manifest to ``out_dir``.
+
+    The build runs in a fresh interpreter (``python -m serving.sample_models``): pickle memoizes by object
+    identity, so which equal strings a process happens to share (interning, which depends on what it imported
+    before) can change an artifact's bytes, and so its digest, while the model is the same. Stack configs and
+    tests pin those digests.
+    """
+    argv = [sys.executable, "-m", "serving.sample_models", str(Path(out_dir).resolve())]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"building the sample models failed: {done.stderr.strip().splitlines()[-1:]}")
+    return load_sample_models(out_dir)
+
+
+def _build(out_dir: Path) -> SampleModels:
     out_dir = Path(out_dir).resolve()
     data_dir = out_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -193,12 +208,8 @@ def build_sample_models(out_dir: Path) -> SampleModels:
     schema_path = data_dir / "schema.json"
     _write_json(schema_path, feature_schema())
 
-    # Single-threaded BLAS: a multi-threaded reduction may round differently from run to run, and one bit of
-    # a coefficient changes the artifact's digest, which the stack configs and tests pin.
-    with threadpool_limits(limits=1):
-        scorers = _scorers(X_train, y_train)
     models = {}
-    for variant, scorer in scorers.items():
+    for variant, scorer in _scorers(X_train, y_train).items():
         model_dir = out_dir / "models" / variant
         model_dir.mkdir(parents=True, exist_ok=True)
         artifact = model_dir / "model.joblib"
@@ -254,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="directory to write models, data and manifest.json into")
     args = parser.parse_args(argv)
-    built = build_sample_models(args.out_dir)
+    built = _build(args.out_dir)
     print(f"{'variant':<14} {'name':<15} {'version':<17} {'auc':>8}  sha256")
     for model in built.models.values():
         row = f"{model.variant:<14} {model.name:<15} {model.version:<17} {model.holdout_auc:>8.4f}"
