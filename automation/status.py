@@ -61,5 +61,5 @@ def status(ctx: StackContext) -> StatusReport:
         restored_from=marker.get("from_version"),
         operation=holder(ctx.project_dir, ctx.name),
         watcher=summary(watch) if watch else None,
-        last_drill=ctx.stack.get_tag(TAG) if TAG in ctx.stack.list_tags() else None,
+        last_drill=ctx.stack.list_tags().get(TAG),
     )

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from scipy import stats
 
 from verification.errors import VerificationError
-from verification.inputs import FloatArray, check_positive, check_probability
+from verification.inputs import as_float_array, check_positive, check_probability, check_same_length
 from verification.reports import fmt
 
 SignalName = Literal["divergence", "error_rate", "latency", "telemetry"]
@@ -85,24 +85,6 @@ def _rate_limit(value: float, name: str) -> None:
     check_positive(value, name, allow_zero=True)
     if value >= 1.0:
         raise VerificationError(f"{name}: must be below 1 (a rate can never exceed 1), got {value}")
-
-
-def _scores(values: npt.ArrayLike, name: str) -> FloatArray:
-    """Scores as a 1-D float array. Unlike ``as_float_array`` an empty window is allowed: it is
-    insufficient data (never healthy), not an error that would stop the watcher."""
-    try:
-        arr = np.asarray(values)
-    except Exception as exc:  # pragma: no cover - numpy raises many types for odd objects
-        raise VerificationError(f"{name}: cannot be read as an array ({exc}); pass numbers") from exc
-    if arr.ndim != 1:
-        raise VerificationError(f"{name}: expected a 1-D array of scores, got shape {arr.shape}")
-    if arr.size and arr.dtype.kind not in "biuf":
-        raise VerificationError(f"{name}: expected numeric scores, got dtype {arr.dtype}")
-    out = arr.astype(np.float64, copy=False)
-    bad = int((~np.isfinite(out)).sum())
-    if bad:
-        raise VerificationError(f"{name}: contains {bad} non-finite score(s) (NaN/inf); fix the scoring before judging")
-    return out
 
 
 # ------------------------------------------------------------------------------------ statistics
@@ -206,13 +188,9 @@ def divergence_signal(
     _rate_limit(max_disagreement, "max_disagreement")
     check_probability(confidence, "confidence")
     need = _whole(min_pairs, "min_pairs", minimum=1)
-    a = _scores(live, "live")
-    b = _scores(previous, "previous")
-    if a.shape[0] != b.shape[0]:
-        raise VerificationError(
-            f"live/previous: lengths differ ({a.shape[0]} vs {b.shape[0]}); pass both versions' scores on the"
-            " same inputs, aligned"
-        )
+    a = as_float_array(live, "live", allow_empty=True)
+    b = as_float_array(previous, "previous", allow_empty=True)
+    check_same_length(a, b, "live/previous")
     flips = int(np.count_nonzero((a >= decision_threshold) != (b >= decision_threshold)))
     return _rate_signal(
         "divergence",

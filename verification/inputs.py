@@ -16,8 +16,11 @@ from verification.errors import VerificationError
 FloatArray = npt.NDArray[np.float64]
 
 
-def as_float_array(values: Any, name: str) -> FloatArray:
-    """Return ``values`` as a 1-D float64 array, or raise VerificationError saying why it cannot be."""
+def as_float_array(values: Any, name: str, *, allow_empty: bool = False) -> FloatArray:
+    """Return ``values`` as a 1-D float64 array, or raise VerificationError saying why it cannot be.
+
+    ``allow_empty``: an empty window is data too (a watcher's quiet second is "insufficient", not an error).
+    """
     try:
         arr = np.asarray(values)
     except Exception as exc:  # pragma: no cover - numpy raises many types for odd objects
@@ -26,16 +29,16 @@ def as_float_array(values: Any, name: str) -> FloatArray:
         raise VerificationError(f"{name}: expected a 1-D array, got shape {arr.shape}; select one column")
     if arr.dtype.kind not in "biuf":
         raise VerificationError(
-            f"{name}: expected numbers, got dtype {arr.dtype}; convert to float or mark it categorical"
+            f"{name}: expected numbers (numeric dtype), got dtype {arr.dtype}; convert to float or mark it categorical"
         )
     out = arr.astype(np.float64, copy=False)
-    if out.size == 0:
+    if out.size == 0 and not allow_empty:
         raise VerificationError(f"{name}: is empty; supply at least one observation for this window")
     if np.isinf(out).any():
-        raise VerificationError(f"{name}: contains infinite values; drop or clip them before the check")
+        raise VerificationError(f"{name}: contains infinite (non-finite) values; drop or clip them before the check")
     if np.isnan(out).any():
         count = int(np.isnan(out).sum())
-        raise VerificationError(f"{name}: contains {count} NaN value(s); drop or impute them first")
+        raise VerificationError(f"{name}: contains {count} NaN (non-finite) value(s); drop or impute them first")
     return out
 
 
