@@ -1,4 +1,4 @@
-"""The ``mlrelease`` command: promote, rollback, watch, drill, audit and status over the Automation API.
+"""The ``mlrelease`` command: init, promote, rollback, watch, drill, audit and status over the Automation API.
 
 Every command takes ``--stack``, honours ``PULUMI_BACKEND_URL`` (default: the embedded ``file://`` backend in
 ``.pulumi-state``) and prints a JSON document with ``--json`` (fields documented in docs/cli.md and on the
@@ -21,6 +21,7 @@ from rich.console import Console
 
 from automation.engine import PROJECT_DIR, EngineMissing, engine_env, pulumi_command
 from automation.errors import CommandFailed
+from serving.v2 import OutputSpec
 
 if TYPE_CHECKING:
     from automation.stack import StackContext
@@ -80,6 +81,59 @@ def version() -> None:
 
 
 @app.command()
+def init(
+    stack: StackOpt,
+    model: Annotated[Path, typer.Option("--model", help="MLServer model directory of the first version")],
+    holdout: Annotated[Path, typer.Option("--holdout", help="held-out rows with the label (.parquet or .csv)")],
+    label: Annotated[str, typer.Option("--label", help="label column of the held-out set (0/1, or continuous)")],
+    reference: Annotated[Path | None, typer.Option(help="drift reference window: prior week's input rows")] = None,
+    current: Annotated[Path | None, typer.Option(help="drift current window: this window's input rows")] = None,
+    environment: Annotated[
+        str | None, typer.Option(help="staging | prod (default: prod for a stack named prod, else staging)")
+    ] = None,
+    categorical: Annotated[list[str] | None, typer.Option(help="COL[,COL]: declare categorical features")] = None,
+    numeric: Annotated[list[str] | None, typer.Option(help="COL[,COL]: declare numeric features")] = None,
+    as_json: JsonOpt = False,
+    project_dir: ProjectOpt = PROJECT_DIR,
+) -> None:
+    """Create a stack for your model: serve it once, infer schema.json, write a commented Pulumi.<stack>.yaml."""
+    from automation.init import init as run
+
+    if environment not in (None, "staging", "prod"):
+        raise _fail(ValueError(f"--environment {environment!r} is not an environment: use staging or prod"), 2)
+    try:
+        report = run(
+            stack,
+            model,
+            holdout,
+            label,
+            reference=reference,
+            current=current,
+            environment=environment,  # type: ignore[arg-type]
+            categorical=categorical,
+            numeric=numeric,
+            project_dir=project_dir,
+            say=_say,
+        )
+    except CommandFailed as exc:
+        raise _fail(exc, exc.exit_code) from None
+    output, schema = report.model["output"], report.feature_schema
+    lines = [
+        f"initialised stack {stack} ({report.environment}): {report.config_path}",
+        f"  model {report.model['name']} {report.model['version']} sha256 {report.model['sha256']}",
+        f"  served by {report.served.implementation}: outputs {report.served.outputs} -> mlrelease:model.output"
+        f" {output}",
+        f"  held-out {report.data['holdout']}: {report.data['rows']} rows, label {report.data['label']!r}"
+        f" ({report.data['label_kind']}, gate metric {report.data['metric']}), sha256 {report.data['holdout_sha256']}",
+        f"  schema {schema.path} ({schema.source}{', written' if schema.written else ''}): {len(schema.features)}"
+        f" features, categorical {schema.categorical}",
+        *(f"  note: {note}" for note in report.notes),
+        f"next: {report.next_command}",
+    ]
+    _emit(report, as_json, lines)
+
+
+@app.command()
 def promote(
     stack: StackOpt,
     model: Annotated[Path, typer.Option("--model", help="MLServer model directory of the candidate")],
@@ -88,6 +142,13 @@ def promote(
     ] = None,
     sha256: Annotated[
         str | None, typer.Option("--sha256", help="expected artifact digest; a different artifact is refused")
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            help="TENSOR[:COLUMN] holding the candidate's score, e.g. predict_proba:1 (default: as the live version)",
+        ),
     ] = None,
     as_json: JsonOpt = False,
     project_dir: ProjectOpt = PROJECT_DIR,
@@ -98,7 +159,7 @@ def promote(
 
     ctx = _context(stack, project_dir)
     try:
-        report = run(ctx, model, model_version, _say, expected_sha256=sha256)
+        report = run(ctx, model, model_version, _say, expected_sha256=sha256, output=_output(output))
     except CommandFailed as exc:
         raise _fail(exc, exc.exit_code) from None
     lines = [f"{report.outcome}: {report.candidate['version']} on {stack} (incumbent {report.incumbent})"]
@@ -110,6 +171,19 @@ def promote(
     lines.append(f"  live: {report.routes}  ({report.durations['total_seconds']:.1f}s)")
     _emit(report, as_json, lines)
     raise typer.Exit(PROMOTE_EXIT[report.outcome])
+
+
+def _output(text: str | None) -> OutputSpec | None:
+    """``--output TENSOR[:COLUMN]`` as an output spec, or a one-line error."""
+    if text is None:
+        return None
+    tensor, _, column = text.partition(":")
+    try:
+        return OutputSpec(tensor=tensor, column=int(column) if column else None)
+    except ValueError:
+        raise _fail(
+            ValueError(f"--output {text!r}: expected TENSOR or TENSOR:COLUMN, e.g. predict_proba:1"), 2
+        ) from None
 
 
 @app.command()

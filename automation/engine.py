@@ -48,6 +48,11 @@ def pulumi_command() -> auto.PulumiCommand:
     return auto.PulumiCommand(root=str(VENV_DIR))
 
 
+def workspace(*, work_dir: Path = PROJECT_DIR, env: Mapping[str, str] | None = None) -> auto.LocalWorkspace:
+    """The Automation API workspace of the project in ``work_dir`` (list and create stacks), engine environment."""
+    return auto.LocalWorkspace(work_dir=str(work_dir), env_vars=engine_env(env), pulumi_command=pulumi_command())
+
+
 def select_stack(
     stack_name: str,
     *,

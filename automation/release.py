@@ -29,6 +29,7 @@ from automation.stack import EngineProgress, Say, StackContext
 from components.spec import SpecError, load_spec, resolve
 from components.targets.base import Routes, Target, TargetError
 from serving.artifacts import ArtifactDigestError, ModelDirError, artifact_digest, read_settings
+from serving.v2 import DEFAULT_OUTPUT, OutputSpec
 
 PROMOTE_EXIT = {"promoted": 0, "blocked": 3, "rolled_back": 4}
 _GATE_FAILURE = re.compile(r"gate (\w+) failed: (.*?)(?=; gate \w+ failed: |$)")
@@ -104,14 +105,24 @@ def _routes(target: Target) -> dict[str, Any] | None:
 
 
 def promote(
-    ctx: StackContext, model_dir: Path, version: str | None, say: Say, *, expected_sha256: str | None = None
+    ctx: StackContext,
+    model_dir: Path,
+    version: str | None,
+    say: Say,
+    *,
+    expected_sha256: str | None = None,
+    output: OutputSpec | None = None,
 ) -> PromoteReport:
     """Gates, then canary, for the model in ``model_dir``; the stack's config is restored unless promoted.
 
     ``expected_sha256`` (from the training pipeline's record) makes a changed artifact an error before anything
     runs; without it the digest is computed here and pinned in config, so the gates and the target check it.
+    ``output`` says where the candidate's answers hold the score when it differs from the live version's
+    (``mlrelease:model.output``); the incumbent is read as it was verified.
     """
-    model = _candidate(Path(model_dir).resolve(), version, expected_sha256)
+    model: dict[str, Any] = _candidate(Path(model_dir).resolve(), version, expected_sha256)
+    if output is not None:
+        model["output"] = output.model_dump(mode="json", exclude_none=True)
     try:
         with ReleaseLock(ctx.project_dir, ctx.name, f"promote {model['version']}"):
             return _promote(ctx, model, say)
@@ -119,7 +130,7 @@ def promote(
         raise CommandFailed(str(exc)) from None
 
 
-def _promote(ctx: StackContext, model: dict[str, str], say: Say) -> PromoteReport:
+def _promote(ctx: StackContext, model: dict[str, Any], say: Say) -> PromoteReport:
     started, clock = time.time(), time.monotonic()
     before = ctx.config()
     if "model" not in before:
@@ -142,8 +153,9 @@ def _promote(ctx: StackContext, model: dict[str, str], say: Say) -> PromoteRepor
         raise CommandFailed(str(exc), 2) from None
     verified = ctx.verified()
     incumbent = ((verified or {}).get("live") or {}).get("version")
-    candidate = {**model, "model_dir": model.pop("path")}
-    ctx.write_config(config)
+    candidate = {key: value for key, value in model.items() if key not in ("path", "output")}
+    candidate["model_dir"] = model["path"]
+    written = ctx.write_config(config)
     outcome, failure, gates, durations, promoted = "promoted", None, {}, {}, False
     try:
         say(f"preview: gates for {candidate['version']} against {incumbent or 'no incumbent (first release)'}")
@@ -187,8 +199,8 @@ def _promote(ctx: StackContext, model: dict[str, str], say: Say) -> PromoteRepor
         else:
             steps = []
     finally:
-        if not promoted:  # blocked, rolled back or failed: config names what is live
-            ctx.write_config(before)
+        if not promoted:  # blocked, rolled back or failed: config names what is live, the file as it was
+            ctx.undo_config(written, before)
     durations["total_seconds"] = time.monotonic() - clock
     return PromoteReport(
         stack=ctx.name,
@@ -203,7 +215,9 @@ def _promote(ctx: StackContext, model: dict[str, str], say: Say) -> PromoteRepor
     )
 
 
-def move_traffic(target: Target, version: str, model_dir: Path | None, sha256: str | None) -> Routes:
+def move_traffic(
+    target: Target, version: str, model_dir: Path | None, sha256: str | None, output: OutputSpec = DEFAULT_OUTPUT
+) -> Routes:
     """All traffic to ``version`` in one call, every other version at 0: the first, instant half of a rollback.
 
     The previous version is normally warm; if it is not (an unverified release attempt replaced it), it is
@@ -213,9 +227,35 @@ def move_traffic(target: Target, version: str, model_dir: Path | None, sha256: s
     if version not in live.weights:
         if model_dir is None or sha256 is None:
             raise TargetError(f"{version} is not deployed")
-        target.deploy(version, model_dir, sha256)
+        target.deploy(version, model_dir, sha256, output)
     weights = {v: 0.0 for v in live.weights} | {version: 100.0}
     return target.set_routes(Routes(weights=weights, primary=version))
+
+
+def _effective(config: dict[str, Any]) -> dict[str, Any]:
+    """What ``config`` means, every default spelled out (empty when it does not validate)."""
+    try:
+        return load_spec(config).model_dump(mode="json")
+    except SpecError:
+        return {}
+
+
+def _as_written(recorded: dict[str, Any], written: dict[str, Any], effective: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config (a validated spec: every default spelled out) in the terms of the stack file.
+
+    A key the file does not set stays unset where its recorded value is what it means today anyway, so a
+    rollback's diff of ``Pulumi.<stack>.yaml`` is the values that differ, not every default.
+    """
+    kept: dict[str, Any] = {}
+    for key, value in recorded.items():
+        here, now = written.get(key), effective.get(key)
+        if isinstance(value, dict) and (here is None or isinstance(here, dict)):
+            inner = _as_written(value, here or {}, now if isinstance(now, dict) else {})
+            if inner or key in written:
+                kept[key] = inner
+        elif key in written or value != now:
+            kept[key] = value
+    return kept
 
 
 def _plan(ctx: StackContext, reason: str) -> tuple[dict[str, Any], bool]:
@@ -235,7 +275,7 @@ def _plan(ctx: StackContext, reason: str) -> tuple[dict[str, Any], bool]:
             + ": nothing was changed",
             2,
         )
-    restored = dict(record["config"])
+    restored = _as_written(record["config"], config, _effective(config))
     restored["restore"] = {
         "version": previous["version"],
         "sha256": previous["sha256"],
@@ -277,7 +317,8 @@ def _rollback(ctx: StackContext, reason: str, say: Say, fired_at: float, warm: s
     if moved != version:
         try:
             model_dir = resolve(config["model"]["path"], ctx.project_dir)
-            move_traffic(ctx.target, version, model_dir, marker["sha256"])
+            output = OutputSpec(**config["model"].get("output") or {})
+            move_traffic(ctx.target, version, model_dir, marker["sha256"], output)
             moved_at, traffic_seconds = time.time(), time.time() - fired_at
         except TargetError as exc:
             traffic_seconds = None

@@ -1,13 +1,13 @@
 """One stack as the ``mlrelease`` commands see it: its Automation API handle, config, outputs and target.
 
 Every command goes through here, so they all read config the way the program does (``mlrelease:*`` keys,
-structured values as JSON), all fail the same way on a stack that does not exist, and all turn engine
+structured values as JSON), all write it as in-place edits of the commented stack file (a release's diff is
+the keys it changed), all fail the same way on a stack that does not exist, and all turn engine
 events into the few things an operator watches: gate results, the current step and weight, verdicts.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -15,19 +15,30 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pulumi import automation as auto
 
 from automation.engine import PROJECT_DIR, EngineMissing, engine_env, select_stack
 from automation.errors import CommandFailed
+from automation.stack_file import StackFile, StackFileError, same_value
 from components.spec import NAMESPACE
 from components.stack_config import decode_value
 from components.targets.base import TargetError
 from components.targets.local import LocalTarget
 
 PREFIX = f"{NAMESPACE}:"
+# How the engine prints a provider's check failure: "<type> resource '<name>' has a problem: <reason>" (with a
+# property: "...: property <p> value <v> has a problem: <reason>"; mlrelease's providers report none).
+_CHECK_FAILURE = re.compile(r"resource '[^']*'(?:: property \S+ value .*?)? has a problem: ")
 Say = Callable[[str], None]
+
+
+class ConfigWrite(NamedTuple):
+    """The stack file's text before and after one ``StackContext.write_config``."""
+
+    before: str
+    after: str
 
 
 class StackContext:
@@ -58,17 +69,46 @@ class StackContext:
             if key.startswith(PREFIX)
         }
 
-    def write_config(self, config: Mapping[str, Any]) -> None:
-        """Make ``config`` the stack's whole ``mlrelease:*`` config (keys absent from it are removed)."""
+    @property
+    def config_file(self) -> Path:
+        """``Pulumi.<stack>.yaml`` in the project: where a local workspace keeps the stack's config."""
+        return self.project_dir / f"Pulumi.{self.name.rsplit('/', 1)[-1]}.yaml"
+
+    def write_config(self, config: Mapping[str, Any]) -> ConfigWrite:
+        """Make ``config`` the stack's whole ``mlrelease:*`` config (keys absent from it are removed).
+
+        The stack file is edited in place (automation/stack_file.py) rather than through the Automation API,
+        which rewrites all of it: only the lines of values that change are touched, so comments, key order and
+        the other keys stay as reviewed and a release's diff is the keys it changed. Values equal to what the
+        engine reads today are not touched at all (secure values included).
+        """
         wanted = {key: value for key, value in config.items() if value is not None}
-        for key in set(self.config()) - set(wanted):
-            self.stack.remove_config(PREFIX + key)
-        self.stack.set_all_config(
-            {
-                PREFIX + key: auto.ConfigValue(value=value if isinstance(value, str) else json.dumps(value))
-                for key, value in wanted.items()
-            }
-        )
+        current = self.config()
+        try:
+            stack_file = StackFile(self.config_file)
+            before = stack_file.text
+            for key in sorted(current.keys() - wanted.keys()):
+                stack_file.remove(PREFIX + key)
+            for key, value in wanted.items():
+                if key not in current or not same_value(current[key], value):
+                    stack_file.set(PREFIX + key, value)
+            stack_file.save()
+        except StackFileError as exc:
+            raise CommandFailed(str(exc), 2) from None
+        return ConfigWrite(before=before, after=stack_file.text)
+
+    def undo_config(self, write: ConfigWrite, config: Mapping[str, Any]) -> None:
+        """Undo ``write``: the stack file's exact bytes from before it, unless the file was edited since (then
+        ``config`` is written over that edit, which stays)."""
+        try:
+            stack_file = StackFile(self.config_file)
+        except StackFileError as exc:
+            raise CommandFailed(str(exc), 2) from None
+        if stack_file.text != write.after:
+            self.write_config(config)
+            return
+        stack_file.text = write.before
+        stack_file.save()
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -169,6 +209,10 @@ class EngineProgress:
 
     def failure(self) -> str:
         """The line that says why the engine stopped: a gate's, a canary step's, a restore's or the policy's."""
+        for message in self.errors:
+            refused = _CHECK_FAILURE.search(message)
+            if refused:  # a provider's check: its reason is the sentence, whatever words it holds
+                return _one_line(message[refused.end() :])
         for message in self.errors:
             for marker in ("gate ", "canary step", "prod policy", "restore", "stack config", "candidate"):
                 if marker in message:

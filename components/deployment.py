@@ -36,14 +36,15 @@ from components.targets.local import LocalTarget
 TYPE_TOKEN = "mlrelease:index:ModelDeployment"
 
 
-def model_ref(spec: ReleaseSpec, project_dir: Path) -> dict[str, str]:
-    """The candidate as the gates and the target address it."""
+def model_ref(spec: ReleaseSpec, project_dir: Path) -> dict[str, Any]:
+    """The candidate as the gates and the target address it, with where its answers hold the score."""
     model = spec.model
     return {
         "name": model.name,
         "version": model.version,
         "model_dir": str(model.model_dir(project_dir)),
         "sha256": model.sha256,
+        "output": model.output.model_dump(mode="json"),
     }
 
 

@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from components.spec import SHA256, GatesSpec
 from serving.artifacts import SETTINGS_FILE, ArtifactDigestError, ModelDirError, file_sha256, verify_artifact
 from serving.inference_log import read_window
+from serving.tables import TableError, read_table
+from serving.v2 import OutputSpec
 
 SCHEMA_FILE = "schema.json"
 REFERENCE_OFFSET = timedelta(days=7)
@@ -48,10 +50,11 @@ class ModelRef(_Strict):
     version: str = Field(min_length=1)
     model_dir: Path
     sha256: str = Field(pattern=SHA256)
+    output: OutputSpec = OutputSpec()
 
 
 class DriftFiles(_Strict):
-    """Explicit drift windows: the prior week's input rows and the current window's (parquet)."""
+    """Explicit drift windows: the prior week's input rows and the current window's (parquet or csv)."""
 
     kind: Literal["files"] = "files"
     reference: Path
@@ -95,11 +98,14 @@ class _SchemaTensor(BaseModel):
 
 
 class FeatureSchema(BaseModel):
-    """The part of a ``schema.json`` the gates read: feature order and kinds, input and output tensors."""
+    """The part of a ``schema.json`` the gates read: feature order and kinds, the input tensor.
+
+    Which output holds the score is the release's ``mlrelease:model.output``, not the data's: two versions of
+    one model may answer in different layouts.
+    """
 
     features: list[_SchemaFeature] = Field(min_length=1)
     input: _SchemaTensor = _SchemaTensor(name="input-0")
-    output: _SchemaTensor = _SchemaTensor(name="predict_proba")
 
     @property
     def names(self) -> list[str]:
@@ -143,6 +149,7 @@ class ArtifactDigests(_Strict):
     model_dir: str
     sha256: str
     settings_sha256: str
+    output: OutputSpec = Field(default=OutputSpec(), description="where its scores are read")
 
 
 @dataclass(frozen=True)
@@ -170,6 +177,7 @@ def check_model(role: str, ref: ModelRef) -> ArtifactDigests:
         model_dir=str(ref.model_dir),
         sha256=ref.sha256,
         settings_sha256=file_sha256(Path(ref.model_dir) / SETTINGS_FILE),
+        output=ref.output,
     )
 
 
@@ -195,13 +203,13 @@ def _load_schema(path: Path) -> FeatureSchema:
         raise GateInputError(f"feature schema {path} is invalid: {first}; it needs a non-empty features list") from None
 
 
-def _read_parquet(path: Path, what: str, fix: str) -> pd.DataFrame:
+def _read_table(path: Path, what: str, fix: str) -> pd.DataFrame:
     if not path.is_file():
         raise GateInputError(f"{what} {path} does not exist: {fix}")
     try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for unreadable files
-        raise GateInputError(f"{what} {path} is not readable parquet ({type(exc).__name__}): {fix}") from None
+        return read_table(path)
+    except TableError as exc:
+        raise GateInputError(f"{what} {exc}: {fix}") from None
 
 
 def _check_features(frame: pd.DataFrame, schema: FeatureSchema, what: str) -> pd.DataFrame:
@@ -226,7 +234,8 @@ def _check_holdout_file(inputs: GateInputs) -> None:
     path = Path(inputs.holdout)
     if not path.is_file():
         raise GateInputError(
-            f"held-out set {path} does not exist: restore it or set mlrelease:data.holdout to an existing parquet"
+            f"held-out set {path} does not exist: restore it or set mlrelease:data.holdout to an existing"
+            " parquet or csv"
         )
     actual = file_sha256(path)
     if actual != inputs.holdout_sha256:
@@ -238,7 +247,7 @@ def _check_holdout_file(inputs: GateInputs) -> None:
 
 def _load_holdout(inputs: GateInputs, schema: FeatureSchema) -> tuple[pd.DataFrame, np.ndarray]:
     path = Path(inputs.holdout)
-    frame = _read_parquet(path, "held-out set", "rewrite it as parquet")
+    frame = _read_table(path, "held-out set", "rewrite it as parquet or csv")
     if inputs.label not in frame.columns:
         raise GateInputError(
             f"held-out set {path} has no label column {inputs.label!r} (columns: {list(frame.columns)}):"
@@ -270,8 +279,8 @@ def frame_sha256(frame: pd.DataFrame) -> str:
 def _drift_files(source: DriftFiles, schema: FeatureSchema) -> tuple[pd.DataFrame, pd.DataFrame, list[WindowDigest]]:
     frames, digests = [], []
     for role, path in (("reference", Path(source.reference)), ("current", Path(source.current))):
-        fix = f"set mlrelease:data.drift_{role} to an existing parquet of input rows"
-        frame = _check_features(_read_parquet(path, f"drift {role} window", fix), schema, f"drift {role} window {path}")
+        fix = f"set mlrelease:data.drift_{role} to an existing parquet or csv of input rows"
+        frame = _check_features(_read_table(path, f"drift {role} window", fix), schema, f"drift {role} window {path}")
         if frame.empty:
             raise GateInputError(f"drift {role} window {path} has no rows: {fix}")
         frames.append(frame)
@@ -300,7 +309,7 @@ def _drift_log(source: DriftLog, schema: FeatureSchema) -> tuple[pd.DataFrame, p
             raise GateInputError(
                 f"no rows in the inference log between {lo.isoformat()} and {hi.isoformat()} ({role} window):"
                 f" {source.log_dir}; send traffic through the router first, or set mlrelease:data.drift_reference"
-                " and drift_current to parquet windows"
+                " and drift_current to parquet or csv windows"
             )
         frame = frame.astype(np.float64)
         frames.append(frame)

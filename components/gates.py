@@ -41,19 +41,29 @@ from components.gate_serving import (
     measure_load,
     score,
     single_row_bodies,
-    stop_server,
     temporary_servers,
 )
 from components.spec import DriftGate, EvaluationGate, LatencyGate, MemoryGate
 from serving.modelserver import ModelServerHandle
+from serving.v2 import OutputSpec
 from verification.drift import DatasetDriftReport, FeatureDrift, dataset_drift
 from verification.errors import VerificationError
 from verification.evaluation import EvaluationReport, evaluate_absolute, evaluate_non_inferiority
-from verification.performance import LatencyReport, latency_gate, memory_gate
+from verification.performance import (
+    RATIO_QUANTILES,
+    LatencyComparisonReport,
+    LatencyRatioReport,
+    LatencyReport,
+    compare_latency,
+    latency_gate,
+    latency_ratio_gate,
+    memory_gate,
+    quantile_label,
+)
 from verification.reports import Report, fmt
 
 # Bump whenever a change here or in verification/ can change a verdict: it invalidates every cache entry.
-GATE_CODE_VERSION = "gates-1"
+GATE_CODE_VERSION = "gates-2"
 MIB = 1024 * 1024
 
 __all__ = [
@@ -133,7 +143,7 @@ def _write_cache(cache_dir: Path, evidence: GateEvidence) -> None:
 
 
 def _run(inputs: GateInputs, prepared: PreparedInputs, work_dir: Path) -> tuple[dict, dict[str, float]]:
-    """Drift first (no servers), then serve: score on both, stop the incumbent, load the candidate alone."""
+    """Drift first (no servers), then serve: score on both, then load both interleaved (the candidate's memory)."""
     spec = inputs.gates
     drift = _drift_gate(spec.drift, prepared)
     models = {"candidate": inputs.candidate}
@@ -144,13 +154,17 @@ def _run(inputs: GateInputs, prepared: PreparedInputs, work_dir: Path) -> tuple[
         t1 = time.monotonic()
         incumbent_scores, scored, retries = _score_holdout(servers, prepared)
         t2 = time.monotonic()
-        bodies = single_row_bodies(prepared.holdout, spec.latency.requests, prepared.schema.input.name)
+
+        def bodies(output: OutputSpec) -> list[bytes]:
+            return single_row_bodies(prepared.holdout, spec.latency.requests, prepared.schema.input.name, output)
+
         load = measure_load(
             servers["candidate"],
-            bodies,
+            bodies(prepared.candidate.output),
             rate=spec.latency.rate_rps,
             warmup=spec.latency.warmup_requests,
             requests=spec.latency.requests,
+            incumbent=(servers["incumbent"], bodies(prepared.incumbent.output)) if prepared.incumbent else None,
         )
         t3 = time.monotonic()
     t4 = time.monotonic()
@@ -166,21 +180,23 @@ def _run(inputs: GateInputs, prepared: PreparedInputs, work_dir: Path) -> tuple[
 def _score_holdout(
     servers: dict[str, ModelServerHandle], prepared: PreparedInputs
 ) -> tuple[np.ndarray | None, np.ndarray | ServingFailure, int]:
-    """Held-out scores of the incumbent (then stopped, so the candidate is measured alone) and the candidate.
+    """Held-out scores of the incumbent and the candidate (the incumbent stays up for the latency run).
 
     An incumbent that cannot score is an input problem (the live version is broken); a candidate that
     cannot is a failed evaluation gate.
     """
-    tensors = {"input_name": prepared.schema.input.name, "output_name": prepared.schema.output.name}
+    input_name = prepared.schema.input.name
     incumbent_scores = None
     if "incumbent" in servers:
         try:
-            incumbent_scores, _ = score(servers["incumbent"], prepared.holdout, **tensors)
+            output = prepared.incumbent.output if prepared.incumbent else OutputSpec()
+            incumbent_scores, _ = score(servers["incumbent"], prepared.holdout, input_name=input_name, output=output)
         except ServingFailure as exc:
             raise GateInputError(f"the incumbent could not score the held-out set: {exc}") from None
-        stop_server(servers["incumbent"])
     try:
-        candidate_scores, retries = score(servers["candidate"], prepared.holdout, **tensors)
+        candidate_scores, retries = score(
+            servers["candidate"], prepared.holdout, input_name=input_name, output=prepared.candidate.output
+        )
     except ServingFailure as exc:
         return incumbent_scores, exc, 0
     return incumbent_scores, candidate_scores, retries
@@ -300,44 +316,80 @@ def _by(ok: bool, gap: float) -> str:
 
 
 def _latency_gate(spec: LatencyGate, load: LoadMeasurement, duration: float) -> GateResult:
+    """The candidate's absolute thresholds; with an incumbent, also the ratio of the two from the same run."""
     thresholds = spec.model_dump(mode="json")
+    run = load.candidate
     sizes = {
         "requests": spec.requests,
-        "succeeded": len(load.latencies_ms),
-        "errors": load.errors,
+        "succeeded": len(run.latencies_ms),
+        "errors": run.errors,
         "warmup_requests": spec.warmup_requests,
     }
-    if not load.latencies_ms:
+    pairs = load.pairs_ms()
+    if load.incumbent is not None:
+        sizes |= {
+            "incumbent_succeeded": len(load.incumbent.latencies_ms),
+            "incumbent_errors": load.incumbent.errors,
+            "pairs": len(pairs[0]),
+        }
+    if not run.latencies_ms:
         report = Report(
             check="performance.latency",
             passed=False,
-            explanation=f"latency gate: none of {spec.requests} requests succeeded ({load.first_error}) -> FAIL.",
+            explanation=f"latency gate: none of {spec.requests} requests succeeded ({run.first_error}) -> FAIL.",
         )
         return _result(
             "latency",
             report,
-            f"none of {spec.requests} requests succeeded: {load.first_error}",
+            f"none of {spec.requests} requests succeeded: {run.first_error}",
             thresholds,
             sizes,
             {},
             duration,
         )
-    report = latency_gate(load.latencies_ms, p99_max_ms=spec.p99_ms, p50_max_ms=spec.p50_ms, confidence=spec.confidence)
-    if load.errors:
-        report = report.model_copy(
-            update={
-                "explanation": report.explanation
-                + (
-                    f" {load.errors} of {spec.requests} requests failed and are not timed (first: {load.first_error});"
-                    " error rates are judged in the canary."
-                )
-            }
-        )
-    observed = {"offered_rps": load.offered_rps, "run_s": load.duration_s}
-    for label, q in report.quantiles.items():
-        observed[f"{label}_ms"] = q.estimate
-        observed[f"{label}_upper_ms"] = q.upper
-    return _result("latency", report, _latency_summary(report), thresholds, sizes, observed, duration)
+    options = {"p99_max_ms": spec.p99_ms, "p50_max_ms": spec.p50_ms, "confidence": spec.confidence}
+    candidate = latency_gate(run.latencies_ms, **options)
+    observed: dict[str, float | None] = {"offered_rps": run.offered_rps, "run_s": run.duration_s}
+    observed |= _quantile_figures("", candidate)
+    if load.incumbent is None:
+        first = " No incumbent to compare with (first release): absolute thresholds only."
+        report: Report = candidate.model_copy(update={"explanation": candidate.explanation + first})
+        summary = _latency_summary(candidate) + "; no incumbent to compare with (first release)"
+        observed |= {f"incumbent_{key}": None for key in _quantile_figures("", candidate)}
+        observed |= {f"{quantile_label(q)}_ratio{end}": None for q in RATIO_QUANTILES for end in ("", "_upper")}
+    else:
+        if not load.incumbent.latencies_ms:
+            raise GateInputError(
+                f"the incumbent answered none of {spec.requests} latency requests ({load.incumbent.first_error}):"
+                " the live version must serve before a candidate can be compared with it"
+            )
+        incumbent = latency_gate(load.incumbent.latencies_ms, **options)
+        ratio = latency_ratio_gate(*pairs, max_ratio=spec.max_ratio, confidence=spec.confidence)
+        report = compare_latency(candidate, incumbent, ratio)
+        summary = _compared_summary(report)
+        observed |= {"incumbent_offered_rps": load.incumbent.offered_rps}
+        observed |= _quantile_figures("incumbent_", incumbent)
+        for label, q in ratio.ratios.items():
+            observed[f"{label}_ratio"] = q.estimate
+            observed[f"{label}_ratio_upper"] = q.upper
+    failures = [
+        f"{timed.errors} of {spec.requests} requests to the {role} failed and are not timed"
+        f" (first: {timed.first_error})"
+        for role, timed in (("candidate", run), ("incumbent", load.incumbent))
+        if timed is not None and timed.errors
+    ]
+    if failures:
+        note = " " + "; ".join(failures) + "; error rates are judged in the canary."
+        report = report.model_copy(update={"explanation": report.explanation + note})
+    return _result("latency", report, summary, thresholds, sizes, observed, duration)
+
+
+def _quantile_figures(prefix: str, r: LatencyReport) -> dict[str, float | None]:
+    figures: dict[str, float | None] = {}
+    for label, q in r.quantiles.items():
+        figures[f"{prefix}{label}_ms"] = q.estimate
+        figures[f"{prefix}{label}_upper_ms"] = q.upper
+    return figures
 
 
 def _latency_summary(r: LatencyReport) -> str:
@@ -355,6 +407,63 @@ def _latency_summary(r: LatencyReport) -> str:
         side, by = (">", f" (by {gap:.1f} ms)") if gap > 0 else ("<=", "")
         lines.append(f"{label} upper bound {q.upper:.1f} ms {side} threshold {criterion.threshold:g} ms{by}")
     return ", ".join(lines) + f" on {r.n} requests"
+
+
+def _compared_summary(r: LatencyComparisonReport) -> str:
+    """What failed (the candidate's thresholds with the incumbent's figures beside them, the ratios); all if passed."""
+    parts = []
+    if r.passed or not r.candidate.passed:
+        parts.append(_latency_summary(r.candidate) + _incumbent_context(r))
+    if r.passed or not r.ratio.passed:
+        parts.append(_ratio_summary(r.ratio))
+    return "; ".join(parts)
+
+
+def _incumbent_context(r: LatencyComparisonReport) -> str:
+    """The incumbent's figure for each threshold the candidate misses, and what it means when it misses too."""
+    incumbent = {c.name.split()[0]: c for c in r.incumbent.criteria}
+    notes = []
+    for criterion in r.candidate.criteria:
+        label = criterion.name.split()[0]
+        theirs = incumbent[label]
+        if criterion.passed or theirs.bound is None:
+            continue
+        where = "also over" if not theirs.passed else "within it"
+        notes.append(f"the incumbent's {label} upper bound in the same run is {theirs.bound:.1f} ms, {where}")
+    if not notes:
+        return ""
+    text = "; " + ", ".join(notes)
+    over = r.incumbent_also_over
+    if over:
+        which = "the threshold" if len(over) == 1 else f"the {' and '.join(over)} thresholds"
+        if r.ratio.passed:
+            bounds = ", ".join(f"{label} ratio upper bound {r.ratio.ratios[label].upper:.2f}" for label in over)
+            verdict = f"no slower than the incumbent ({bounds} <= {r.ratio.max_ratio:g})"
+        elif all(c.bound is not None for c in r.ratio.criteria if not c.passed):
+            verdict = "slower than the incumbent as well"
+        else:
+            verdict = "not shown to be as fast as the incumbent (too few pairs for a ratio bound)"
+        text += f": this runner is too slow for {which}, and the candidate is {verdict}"
+    return text
+
+
+def _ratio_summary(r: LatencyRatioReport) -> str:
+    """Each ratio shown (the failing ones when it failed): bound against the limit, by how much, both figures."""
+    shown = [c for c in r.criteria if not c.passed] or r.criteria
+    parts = []
+    for criterion in shown:
+        label = criterion.name.split()[0]
+        q = r.ratios[label]
+        if q.upper is None or q.candidate is None or q.incumbent is None:
+            parts.append(f"{label} ratio: too few pairs for a {r.confidence:.0%} bound (need >= {q.n_required})")
+            continue
+        gap = q.upper - r.max_ratio
+        side, by = (">", f" (by {gap:.2f})") if gap > 0 else ("<=", "")
+        parts.append(
+            f"{label} ratio candidate/incumbent upper bound {q.upper:.2f} {side} max ratio {r.max_ratio:g}{by}"
+            f" (candidate {label} {q.candidate:.1f} ms, incumbent {label} {q.incumbent:.1f} ms)"
+        )
+    return ", ".join(parts) + f" on {r.n_pairs} interleaved request pairs"
 
 
 def _memory_gate(spec: MemoryGate, load: LoadMeasurement, duration: float) -> GateResult:

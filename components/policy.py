@@ -35,6 +35,7 @@ PROD_BOUNDS: tuple[Bound, ...] = (
     Bound("gates.latency.p99_ms", "max", 100.0, "the client SLO is p99 <= 100 ms"),
     Bound("gates.latency.p50_ms", "max", 50.0, "the client SLO is p50 <= 50 ms"),
     Bound("gates.latency.confidence", "min", 0.95, "latency bounds at 95 % confidence at least"),
+    Bound("gates.latency.max_ratio", "max", 1.25, "at most 25 % slower than the incumbent at p50 and p99"),
     Bound("gates.memory.max_mb", "max", 2048.0, "a serving pod's memory limit"),
     Bound("gates.drift.psi_threshold", "max", 0.25, "PSI above 0.25 is a shifted population"),
     Bound("gates.drift.alpha", "min", 0.01, "a smaller alpha would hide real drift"),

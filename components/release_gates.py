@@ -46,6 +46,15 @@ def gate_inputs(props: dict[str, Any]) -> GateInputs:
     )
 
 
+def _refused(news: dict[str, Any], reason: str) -> CheckResult:
+    """A check failure on no property: the engine then prints ``... resource 'release-gates' has a problem: <reason>``.
+
+    With a property it prints that property's whole value first (the release spec, as a Go map), and
+    ``pulumi preview`` by hand showed a screen of map before the one sentence that matters.
+    """
+    return CheckResult(news, [CheckFailure("", reason)])
+
+
 def _check_restore(news: dict[str, Any]) -> CheckResult:
     """A restore of a release this stack verified: its artifact digest is checked again, its gates are not re-run.
 
@@ -54,11 +63,11 @@ def _check_restore(news: dict[str, Any]) -> CheckResult:
     """
     restore = news["restore"]
     if restore.get("refusal"):
-        return CheckResult(news, [CheckFailure("restore", restore["refusal"])])
+        return _refused(news, restore["refusal"])
     try:
         candidate = check_model("restored model", ModelRef.model_validate(news["candidate"]))
     except GateInputError as exc:
-        return CheckResult(news, [CheckFailure("candidate", str(exc))])
+        return _refused(news, str(exc))
     evidence = {
         "restore": True,
         "passed": True,
@@ -81,15 +90,15 @@ class ReleaseGatesProvider(ResourceProvider):
     def check(self, _olds: dict[str, Any], news: dict[str, Any]) -> CheckResult:
         breaches = violations(news["spec"])
         if breaches:
-            return CheckResult(news, [CheckFailure("spec", "prod policy: " + "; ".join(breaches))])
+            return _refused(news, "prod policy: " + "; ".join(breaches))
         if news.get("restore"):
             return _check_restore(news)
         try:
             evidence = run_gates(gate_inputs(news), work_dir=Path(news["work_dir"]), cache_dir=Path(news["cache_dir"]))
         except GateInputError as exc:
-            return CheckResult(news, [CheckFailure("spec", str(exc))])
+            return _refused(news, str(exc))
         if not evidence.passed:
-            return CheckResult(news, [CheckFailure("candidate", "; ".join(evidence.failures()))])
+            return _refused(news, "; ".join(evidence.failures()))
         # "cached" says how this check got the evidence, not what it is: state must not change with it.
         return CheckResult({**news, "evidence": evidence.model_dump(mode="json", exclude={"cached"})}, [])
 

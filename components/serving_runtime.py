@@ -16,6 +16,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvide
 
 from components.targets.base import Routes, RuntimeConfig, TargetError
 from components.targets.local import LocalTarget
+from serving.v2 import OutputSpec
 
 
 def target(props: dict[str, Any]) -> LocalTarget:
@@ -71,9 +72,9 @@ class ModelVersionsProvider(ResourceProvider):
     def _converge(self, props: dict[str, Any], olds: dict[str, Any] | None) -> dict[str, Any]:
         runtime = target(props)
         deployed = {
-            model["version"]: runtime.deploy(model["version"], Path(model["model_dir"]), model["sha256"]).model_dump(
-                mode="json"
-            )
+            model["version"]: runtime.deploy(
+                model["version"], Path(model["model_dir"]), model["sha256"], OutputSpec(**model.get("output") or {})
+            ).model_dump(mode="json")
             for model in _wanted(props)
         }
         if props.get("restore"):  # traffic first: nothing may still be routed to a version about to go

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from serving.v2 import OutputSpec
+
 NAMESPACE = "mlrelease"
 SHA256 = r"^[0-9a-f]{64}$"
 
@@ -40,6 +42,9 @@ class ModelSpec(_Strict):
     version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", description="version label")
     path: str = Field(min_length=1, description="model directory, absolute or relative to the project")
     sha256: str = Field(pattern=SHA256, description="sha256 of the artifact (64 lowercase hex)")
+    output: OutputSpec = Field(
+        default=OutputSpec(), description="which V2 output (tensor) and column holds the score, e.g. predict_proba, 1"
+    )
 
     def model_dir(self, project_dir: Path) -> Path:
         """The model directory as an absolute path."""
@@ -49,14 +54,14 @@ class ModelSpec(_Strict):
 class DataSpec(_Strict):
     """The datasets the gates read; each is pinned by its digest so evidence names exactly what was used."""
 
-    holdout: str = Field(min_length=1, description="held-out rows with features and the label (parquet)")
+    holdout: str = Field(min_length=1, description="held-out rows with features and the label (parquet or csv)")
     holdout_sha256: str = Field(pattern=SHA256, description="sha256 of the held-out file")
     label: str = Field(default="default", min_length=1, description="label column of the held-out set")
     drift_reference: str | None = Field(
-        default=None, description="prior week's input rows (parquet); default: the router's inference log"
+        default=None, description="prior week's input rows (parquet or csv); default: the router's inference log"
     )
     drift_current: str | None = Field(
-        default=None, description="current window's input rows (parquet); default: the router's inference log"
+        default=None, description="current window's input rows (parquet or csv); default: the router's inference log"
     )
     drift_window_hours: float = Field(
         default=24.0, gt=0, le=168, description="inference-log window length; the reference is 7 days earlier"
@@ -83,7 +88,8 @@ class EvaluationGate(_Strict):
 
 
 class LatencyGate(_Strict):
-    """p99 (and p50) upper confidence bounds of the served candidate, at a constant request rate."""
+    """p99 (and p50) upper confidence bounds of the served candidate, at a constant request rate; with an
+    incumbent (measured interleaved in the same run), also the upper bound of candidate/incumbent p99 and p50."""
 
     p99_ms: float = Field(default=100.0, gt=0)
     p50_ms: float | None = Field(default=50.0, gt=0)
@@ -91,6 +97,9 @@ class LatencyGate(_Strict):
     requests: int = Field(default=1000, ge=300, le=100_000, description=">= 299 for a 95 % bound on p99")
     warmup_requests: int = Field(default=100, ge=0, le=10_000)
     confidence: float = Field(default=0.95, gt=0.5, lt=1)
+    max_ratio: float = Field(
+        default=1.25, gt=1, description="candidate/incumbent p99 and p50 upper bound, measured in the same run"
+    )
 
 
 class MemoryGate(_Strict):

@@ -50,7 +50,8 @@ install_python_env() {
     python3 -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else 1)' \
         || die "python3 is $(python3 -V 2>&1); mlrelease needs Python 3.11 or 3.12 (mlserver supports no newer)"
     local stamp="$VENV/.mlrelease-requirements" want
-    want=$(cat "$ROOT/requirements.txt" "$ROOT/constraints.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
+    want=$(cat "$ROOT/requirements.txt" "$ROOT/requirements-nodeps.txt" "$ROOT/constraints.txt" "$ROOT/pyproject.toml" \
+        | sha256sum | cut -d' ' -f1)
     if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
         return 0
     fi
@@ -59,6 +60,8 @@ install_python_env() {
         || die "python3 -m venv failed: install the venv module (apt-get install -y python3-venv) and re-run make"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements.txt" -c "$ROOT/constraints.txt" \
         || die "pip could not install requirements.txt: check that PyPI is reachable and the pins exist, then re-run make"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r "$ROOT/requirements-nodeps.txt" \
+        || die "pip could not install requirements-nodeps.txt: check that PyPI is reachable and the pins exist, then re-run make"
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$ROOT" \
         || die "pip could not install the mlrelease project into .venv: see the message above"
     printf '%s\n' "$want" >"$stamp"

@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import pandas as pd
 
+from serving.v2 import OutputSpec
+
 
 class RouterError(RuntimeError):
     """The router answered an admin or inference call with an error; carries its status and message."""
@@ -86,10 +88,19 @@ class RouterAdmin:
         return _check(self._http.get("/admin/upstreams"))
 
     def add_upstream(
-        self, version: str, url: str, model_name: str, *, pid: int | None = None, pid_file: str | None = None
+        self,
+        version: str,
+        url: str,
+        model_name: str,
+        *,
+        pid: int | None = None,
+        pid_file: str | None = None,
+        output: OutputSpec | None = None,
     ) -> dict[str, Any]:
-        """Register a version at weight 0; returns its first health check."""
+        """Register a version at weight 0 (its scores read as ``output`` says); returns its first health check."""
         body = {"version": version, "url": url, "model_name": model_name, "pid": pid, "pid_file": pid_file}
+        if output is not None:
+            body["output"] = output.model_dump(mode="json")
         return _check(self._http.post("/admin/upstreams", json=body))["health"]
 
     def remove_upstream(self, version: str) -> None:
@@ -129,8 +140,13 @@ def v2_request(
     input_name: str = "input-0",
     request_id: str | None = None,
     entity_key: str | None = None,
+    output: str | None = None,
 ) -> dict[str, Any]:
-    """A V2 inference request with one FP64 tensor `[rows, features]` (DataFrame columns in order)."""
+    """A V2 inference request with one FP64 tensor `[rows, features]` (DataFrame columns in order).
+
+    ``output`` names the output to answer with (MLServer's sklearn and XGBoost runtimes answer ``predict``
+    unless asked); without it the server's default answers.
+    """
     data = rows.to_numpy(dtype=float).tolist() if isinstance(rows, pd.DataFrame) else [list(r) for r in rows]
     width = len(data[0]) if data else 0
     body: dict[str, Any] = {
@@ -140,6 +156,8 @@ def v2_request(
         body["id"] = request_id
     if entity_key is not None:
         body["parameters"] = {"entity_key": entity_key}
+    if output is not None:
+        body["outputs"] = [{"name": output}]
     return body
 
 

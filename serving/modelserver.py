@@ -68,6 +68,9 @@ def _mlserver_env(http_port: int, grpc_port: int, work_dir: Path) -> dict[str, s
         "MLSERVER_ENVIRONMENTS_DIR": str(work_dir / "mlserver-envs"),
         "MLSERVER_PARALLEL_WORKERS": "0",
         "MLSERVER_DEBUG": "false",
+        # One OpenMP thread per server: XGBoost's and LightGBM's thread pools otherwise take every core for a
+        # one-row prediction and spin between requests, against the router, the other versions and the load.
+        "OMP_NUM_THREADS": "1",
     }
 
 
@@ -168,7 +171,14 @@ def start_model_server(
     proc = supervisor.running_handle(name, run_dir)
     restarts = 0
     if proc is None or proc.meta.get("sha256") != expected_sha256.lower():
-        proc = _launch(name, model_dir, settings.name, version, expected_sha256, run_dir, http_port)
+        try:
+            proc = _launch(name, model_dir, settings.name, version, expected_sha256, run_dir, http_port)
+        except supervisor.ProcessExitedDuringStartup as exc:
+            reason = failure_reason(exc.log_path)
+            error = PortInUseError if "address already in use" in reason else ModelServerError
+            raise error(
+                f"model server {name} for {model_dir} exited during startup: {reason} (log: {exc.log_path})"
+            ) from None
     else:
         restarts = supervisor.status(proc.state_path).restarts  # crashes before this call are history
     handle = _handle(proc)

@@ -126,21 +126,26 @@ def start_prometheus(
     config_path = work_dir / "prometheus.json"
     _write_config(config_path, targets, scrape_interval)
     port = supervisor.free_port()
-    proc = supervisor.start_process(
-        name,
-        [
-            binary,
-            f"--config.file={config_path}",
-            f"--storage.tsdb.path={data_dir}",
-            f"--storage.tsdb.retention.time={retention}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--web.enable-lifecycle",
-            "--log.level=warn",
-        ],
-        run_dir,
-        ports={"http": port},
-        meta={"config_path": str(config_path), "data_dir": str(data_dir), "scrape_interval": scrape_interval},
-    )
+    try:
+        proc = supervisor.start_process(
+            name,
+            [
+                binary,
+                f"--config.file={config_path}",
+                f"--storage.tsdb.path={data_dir}",
+                f"--storage.tsdb.retention.time={retention}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--web.enable-lifecycle",
+                "--log.level=warn",
+            ],
+            run_dir,
+            ports={"http": port},
+            meta={"config_path": str(config_path), "data_dir": str(data_dir), "scrape_interval": scrape_interval},
+        )
+    except supervisor.ProcessExitedDuringStartup as exc:
+        raise PrometheusError(
+            f"prometheus {name} exited during startup: {_last_line(exc.log_path)} (log: {exc.log_path})"
+        ) from None
     handle = _handle(proc)
 
     def ready() -> bool:

@@ -17,7 +17,7 @@ Admin endpoints (`Authorization: Bearer <admin_token>`, else 401; bodies JSON; b
     PUT    /admin/weights             {"weights": {...}, "incumbent"?: v}: sum 100, known versions, atomic
     PUT    /admin/incumbent           {"version": v}
     GET    /admin/upstreams           {version: {version, url, model_name, pid, pid_file}}
-    POST   /admin/upstreams           {version, url, model_name, pid?, pid_file?}: added at weight 0 (409 dup)
+    POST   /admin/upstreams           {version, url, model_name, pid?, pid_file?, output?}: added at weight 0 (409 dup)
     DELETE /admin/upstreams/{v}       409 while it is the incumbent or has weight
     GET    /admin/faults              {version: {error_rate, latency_ms, perturbation}}
     PUT    /admin/faults/{v}          {error_rate 0..1, latency_ms, perturbation -1..1}; DELETE clears
@@ -176,9 +176,15 @@ class Router:
 
     # -- upstream calls ----------------------------------------------------------------------------
 
-    async def call(self, table: RoutingTable, version: str, body: bytes) -> Outcome:
-        """POST the body to one version, applying that version's injected fault."""
+    async def call(self, table: RoutingTable, version: str, parsed: v2.ParsedRequest, body: bytes) -> Outcome:
+        """POST the request to one version, applying that version's injected fault.
+
+        A request that names no outputs asks each version for the output its scores are read from (what the
+        gates judged), so the client, the pairs and the watcher all see the same number.
+        """
         spec = table.upstreams[version]
+        if parsed.payload is not None:
+            body = orjson.dumps({**parsed.payload, "outputs": [{"name": spec.output.tensor}]})
         fault = self.faults.get(version, NO_FAULT)
         start = time.perf_counter()
         if fault.latency_ms:
@@ -221,9 +227,9 @@ class Router:
         if status >= 400:
             return Outcome(version, status, payload, latency, m.UPSTREAM_4XX, None)
         if fault.perturbation:
-            payload, scores = v2.perturb(payload, fault.perturbation)
+            payload, scores = v2.perturb(payload, fault.perturbation, spec.output)
         else:
-            scores = v2.scores(payload)
+            scores = v2.scores(payload, spec.output)
         return Outcome(version, status, payload, latency, None, scores)
 
     # -- client endpoint ---------------------------------------------------------------------------
@@ -250,14 +256,14 @@ class Router:
         if version != table.incumbent and not self.ready.get(version, False):
             self.metrics.error(version, m.UNREADY)
             version = table.incumbent
-        outcome = await self.call(table, version, body)
+        outcome = await self.call(table, version, parsed, body)
         if outcome.error_kind == m.CONNECTION:
             if version != table.incumbent:
                 # The candidate's failure is counted against it; the client is answered by the incumbent.
                 self.metrics.error(version, m.CONNECTION)
             # For the incumbent itself this is one retry on a fresh connection: a pooled keep-alive
             # connection can be closed by the server just as it is reused. Counted only if it fails again.
-            outcome = await self.call(table, table.incumbent, body)
+            outcome = await self.call(table, table.incumbent, parsed, body)
         if outcome.error_kind is not None:
             self.metrics.error(outcome.version, outcome.error_kind)
 
@@ -330,7 +336,7 @@ class Router:
         table = self.table
         if job.peer not in table.upstreams:
             return
-        other = await self.call(table, job.peer, job.body)
+        other = await self.call(table, job.peer, job.parsed, job.body)
         if other.error_kind is not None:
             self.metrics.error(other.version, m.SHADOW)
         inc, cand = (job.primary, other) if job.primary.version == table.incumbent else (other, job.primary)

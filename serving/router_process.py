@@ -48,13 +48,16 @@ def start_router(config: RouterConfig, run_dir: Path, *, name: str = "router", t
     fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(config.model_dump_json(indent=2))
-    proc = supervisor.start_process(
-        name,
-        [sys.executable, "-m", "serving.router", "--config", str(config_path)],
-        run_dir,
-        ports={"http": config.port},
-        meta={"role": "router", "model_name": config.model_name},
-    )
+    try:
+        proc = supervisor.start_process(
+            name,
+            [sys.executable, "-m", "serving.router", "--config", str(config_path)],
+            run_dir,
+            ports={"http": config.port},
+            meta={"role": "router", "model_name": config.model_name},
+        )
+    except supervisor.ProcessExitedDuringStartup as exc:
+        raise RuntimeError(f"router {name} exited during startup: {exc}") from None
     url = f"http://127.0.0.1:{config.port}"
 
     def live() -> bool:

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from serving.v2 import OutputSpec
+
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
 
 
@@ -35,6 +37,7 @@ class UpstreamSpec(BaseModel):
     model_name: str = Field(min_length=1, description="the model's name on that server")
     pid: int | None = Field(default=None, ge=1, description="server pid, for memory/CPU metrics")
     pid_file: Path | None = Field(default=None, description="re-read on every scrape (restarts move pids)")
+    output: OutputSpec = Field(default=OutputSpec(), description="where this version's answers hold the score")
 
     @field_validator("url")
     @classmethod

@@ -22,10 +22,13 @@ Output layout of ``build_sample_models(out_dir)``::
 Every version answers a V2 request carrying one FP64 tensor ``input-0`` of shape [rows, 9] (columns in
 schema order) with one FP64 output ``predict_proba`` of shape [rows, 1]: P(default).
 
-Determinism: same code and library versions -> byte-identical artifacts, parquet and digests (the solvers
-are deterministic, every seed is fixed, joblib writes uncompressed pickles). The pickle records the
-scikit-learn version and numpy's array layout, so upgrading scikit-learn, numpy or joblib changes the
-bytes and therefore the digests; the build is reproducible per lockfile, not across upgrades.
+Determinism: same code and library versions -> byte-identical artifacts, parquet and digests on any CPU,
+BLAS kernel and thread count. Every seed is fixed and joblib writes uncompressed pickles, but floating-point
+sums differ in their last bits between kernels (OpenBLAS picks one per CPU), which used to change the held-out
+file and every artifact on another machine. So the generated features and the fitted parameters are put on
+fixed binary grids (``quantize``): far coarser than those last bits, far finer than anything a score shows.
+The pickle records the scikit-learn version and numpy's array layout, so upgrading scikit-learn, numpy or
+joblib changes the bytes and therefore the digests; the build is reproducible per lockfile, not across upgrades.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ SEED = 20240601
 N_ROWS = 20_000
 N_HOLDOUT = 5_000
 MANIFEST = "manifest.json"
+# Grids (multiples of 2**-bits) for generated features and for fitted parameters: see ``quantize``.
+DATA_BITS = 16
+PARAM_BITS = 24
 
 SLOW_DELAY_S = 0.015
 MEMORY_HUNGRY_BYTES = 512 * 1024 * 1024
@@ -119,11 +125,40 @@ def make_credit_data(n_rows: int = N_ROWS, seed: int = SEED) -> pd.DataFrame:
         class_sep=0.5,
         random_state=seed,
     )
-    frame = pd.DataFrame(X, columns=NUMERIC_FEATURES)
+    frame = pd.DataFrame(quantize(X, DATA_BITS), columns=NUMERIC_FEATURES)
     rng = np.random.default_rng(seed)
     frame[REGION] = rng.choice(len(REGION_SHARES), size=n_rows, p=REGION_SHARES).astype(np.float64)
     frame[LABEL] = y.astype(np.int64)
     return frame
+
+
+def quantize(values: np.ndarray, bits: int) -> np.ndarray:
+    """``values`` rounded to multiples of 2**-bits: exact in binary, so the same on every CPU.
+
+    Two CPUs (or BLAS kernels, or thread counts) compute the same sum in different orders and can differ in
+    the last bits; on a grid far coarser than those bits both land on the same multiple (unless a value sits
+    within a few ulps of a half-step, about 1e-7 odds per value at the sizes used here).
+    """
+    return np.round(np.asarray(values, dtype=np.float64) * 2.0**bits) / 2.0**bits
+
+
+def _frozen(pipeline: Pipeline) -> Pipeline:
+    """The fitted pipeline with its learned parameters on a fixed grid, so its pickle is the same on every CPU.
+
+    Fitted on the same (quantized) rows, the solver's answers differ between BLAS kernels only around 1e-14;
+    ``PARAM_BITS`` is far coarser than that and far finer than anything that moves a score. The solver's
+    iteration count (``n_iter_``, a training diagnostic nothing serves with) is dropped for the same reason.
+    """
+    for _, step in pipeline.steps:
+        if isinstance(step, StandardScaler):
+            step.mean_ = quantize(step.mean_, PARAM_BITS)
+            step.var_ = quantize(step.var_, PARAM_BITS)
+            step.scale_ = np.sqrt(step.var_)  # sqrt is correctly rounded: the same everywhere
+        elif isinstance(step, LogisticRegression):
+            step.coef_ = quantize(step.coef_, PARAM_BITS)
+            step.intercept_ = quantize(step.intercept_, PARAM_BITS)
+            del step.n_iter_
+    return pipeline
 
 
 def _logistic(C: float, columns: list[int] | None = None) -> Pipeline:
@@ -135,12 +170,12 @@ def _logistic(C: float, columns: list[int] | None = None) -> Pipeline:
 
 
 def _scorers(X: np.ndarray, y: np.ndarray) -> dict[str, object]:
-    incumbent = PositiveClassScorer(_logistic(C=1.0).fit(X, y))
+    incumbent = PositiveClassScorer(_frozen(_logistic(C=1.0).fit(X, y)))
     # Retrained with more regularisation: same quality, and the same decision at 0.5 on every held-out
     # row, so a canary comparing it with the incumbent sees (almost) no disagreement.
-    good = PositiveClassScorer(_logistic(C=0.2).fit(X, y))
+    good = PositiveClassScorer(_frozen(_logistic(C=0.2).fit(X, y)))
     # Two weakly informative columns only: a clearly worse model (held-out AUC about 0.13 lower).
-    worse = PositiveClassScorer(_logistic(C=1.0, columns=[2, 3]).fit(X, y))
+    worse = PositiveClassScorer(_frozen(_logistic(C=1.0, columns=[2, 3]).fit(X, y)))
     return {
         "incumbent": incumbent,
         "good": good,

@@ -117,6 +117,14 @@ class ProcessStartError(RuntimeError):
     """The supervisor or its child could not be started."""
 
 
+class ProcessExitedDuringStartup(ProcessStartError):
+    """The child ran and exited before its start was observed: ``exit_code`` and the log say why."""
+
+    def __init__(self, message: str, exit_code: int | None, log_path: Path) -> None:
+        super().__init__(message)
+        self.exit_code, self.log_path = exit_code, log_path
+
+
 class ProcessNotRunning(RuntimeError):
     """A handle was asked for a process that is not running."""
 
@@ -266,7 +274,7 @@ def start_process(
     ports: Mapping[str, int] | None = None,
     meta: Mapping[str, Any] | None = None,
     stop_grace_s: float = 10.0,
-    timeout: float = 15.0,
+    timeout: float = 30.0,
 ) -> ProcessHandle:
     """Run ``argv`` under a detached supervisor as ``name`` in ``run_dir``; return once the child runs.
 
@@ -314,8 +322,19 @@ def start_process(
 
         def started() -> ProcessState | None:
             state = read_state(state_path)
+            if state.supervisor_pid == launcher.pid and state.restarts > 0:
+                # The child already ran and exited (the poll can miss the short "running" phase entirely):
+                # that is the answer, not a reason to wait for a pid until the deadline.
+                output = state_path.parent / OUTPUT_LOG
+                raise ProcessExitedDuringStartup(
+                    f"{name} exited during startup with code {state.last_exit_code}: {_tail(output, 3)}"
+                    f" (log: {output})",
+                    state.last_exit_code,
+                    output,
+                )
             if state.supervisor_pid == launcher.pid and state.pid is not None:
-                return state
+                # A child that already exited (a zombie until the supervisor reaps it) is not started yet.
+                return state if _alive(state.pid, state.pid_started) else None
             if launcher.poll() is not None:
                 raise ProcessStartError(
                     f"supervisor of {name} exited with {launcher.returncode}: {_tail(sup_log)} (see {sup_log})"

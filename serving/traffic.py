@@ -2,7 +2,7 @@
 
 A local ``pulumi up`` has no real clients, and a canary step cannot pass without traffic (missing
 telemetry never counts as healthy). The local target runs this as a supervised process,
-``python -m serving.traffic --url ROUTER --model NAME --rows HOLDOUT.parquet --rps R``, for as long as a
+``python -m serving.traffic --url ROUTER --model NAME --rows HOLDOUT.parquet|csv --rps R``, for as long as a
 release bakes. Each row is one single-row V2 request keyed ``row-<index>``, so sticky routing keeps an
 entity on one version as the weights move. Open loop (request i is due at ``start + i / rps``), with a cap
 on requests in flight so a stalled router is not buried in new connections; skipped and failed requests
@@ -21,15 +21,15 @@ from pathlib import Path
 
 import aiohttp
 import orjson
-import pandas as pd
 
 from serving import loadgen
 from serving.client import v2_request
+from serving.tables import read_table
 
 
 def request_bodies(rows_path: Path, features: list[str] | None, label: str) -> list[bytes]:
     """One V2 body per row of ``rows_path`` (feature columns in order), keyed by row index."""
-    frame = pd.read_parquet(rows_path)
+    frame = read_table(rows_path)
     columns = features or [c for c in frame.columns if c != label]
     values = frame[columns].to_numpy(dtype=float)
     return [orjson.dumps(v2_request([row.tolist()], entity_key=f"row-{i}")) for i, row in enumerate(values)]
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m serving.traffic", description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="router base URL, e.g. http://127.0.0.1:8080")
     parser.add_argument("--model", required=True, help="model name clients call")
-    parser.add_argument("--rows", type=Path, required=True, help="parquet with the feature columns")
+    parser.add_argument("--rows", type=Path, required=True, help="parquet or csv with the feature columns")
     parser.add_argument("--features", help="comma-separated feature columns (default: all but --label)")
     parser.add_argument("--label", default="default", help="column left out when --features is not given")
     parser.add_argument("--rps", type=float, required=True)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 NUMERIC_TYPES = frozenset(
     {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64"}
@@ -35,6 +36,7 @@ class ParsedRequest:
     entity_key: str | None
     request_id: str | None
     digest: str
+    payload: dict[str, Any] | None = None  # the request, when it names no outputs (the router then names them)
 
 
 def _flatten(data: Any, out: list[Any]) -> None:
@@ -119,55 +121,110 @@ def parse_request(body: bytes, feature_names: list[str] | None) -> ParsedRequest
         entity_key=None if key is None else str(key),
         request_id=request_id if isinstance(request_id, str) and request_id else None,
         digest=digest,
+        payload=None if "outputs" in payload else payload,
     )
 
 
-def _first_output(payload: Any) -> dict[str, Any] | None:
-    if not isinstance(payload, dict):
-        return None
-    outputs = payload.get("outputs")
-    if not isinstance(outputs, list) or not outputs or not isinstance(outputs[0], dict):
-        return None
-    return outputs[0]
+class OutputSpec(BaseModel):
+    """Which output of a V2 response holds the score, and which column of it (``mlrelease:model.output``).
 
-
-def scores(body: bytes) -> list[float] | None:
-    """Per-row scores of a V2 response: the first output, last column when it is `[rows, classes]`.
-
-    For `predict_proba`-style outputs the last column is the positive class; a model server that already
-    returns the positive-class probability (`[rows]` or `[rows, 1]`) is read as is. None if unreadable.
+    Stock runtimes answer differently: MLServer's sklearn runtime with ``predict_fn: predict_proba`` gives
+    ``predict_proba`` of shape ``[rows, 2]`` (column 1 is P(positive)), XGBoost's gives the same, LightGBM's
+    booster gives ``predict`` of shape ``[rows]`` or ``[rows, 1]``, a regression gives ``predict``. The release
+    names which it is, so the gates, the canary's pairs and the watcher all read the same number.
     """
-    try:
-        output = _first_output(orjson.loads(body))
-    except orjson.JSONDecodeError:
-        return None
-    if output is None or not isinstance(output.get("data"), list):
-        return None
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tensor: str = Field(default="predict_proba", min_length=1, description="name of the V2 output holding the scores")
+    column: int | None = Field(
+        default=None,
+        ge=0,
+        description="column of a [rows, k] output (1: P(positive) of predict_proba); omit if 1-column",
+    )
+
+
+DEFAULT_OUTPUT = OutputSpec()
+
+
+class OutputMismatch(ValueError):
+    """A response that does not hold scores where the output spec says: deterministic, so never retried."""
+
+
+def read_scores(payload: Any, output: OutputSpec, rows: int | None = None) -> list[float]:
+    """One score per row from a parsed V2 response, as ``output`` names them; OutputMismatch says the fix."""
+    outputs = payload.get("outputs") if isinstance(payload, dict) else None
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        raise OutputMismatch("the response has no V2 'outputs' list")
+    by_name = {o.get("name"): o for o in outputs}
+    found = by_name.get(output.tensor)
+    if found is None:
+        hint = ""
+        if "predict" in by_name and output.tensor == "predict_proba":
+            hint = (
+                " (MLServer's sklearn runtime answers 'predict', class labels, unless model-settings.json sets"
+                ' parameters.extra.predict_fn to "predict_proba"; a regression sets output.tensor: predict)'
+            )
+        raise OutputMismatch(
+            f"the model answered outputs {sorted(map(str, by_name))}, not {output.tensor!r}: set"
+            f" mlrelease:model.output.tensor to the one holding the scores{hint}"
+        )
+    data, shape = found.get("data"), found.get("shape")
+    if not isinstance(data, list) or not isinstance(shape, list) or not shape:
+        raise OutputMismatch(f"output {output.tensor!r} has no data or shape")
     flat: list[Any] = []
-    _flatten(output["data"], flat)
-    shape = output.get("shape")
-    if isinstance(shape, list) and len(shape) == 2 and isinstance(shape[1], int) and shape[1] > 1:
-        flat = flat[shape[1] - 1 :: shape[1]]
+    _flatten(data, flat)
+    width = shape[1] if len(shape) == 2 and isinstance(shape[1], int) else 1
+    if len(shape) > 2 or width < 1 or len(flat) != math.prod(shape):
+        raise OutputMismatch(f"output {output.tensor!r} has shape {shape}; scores need [rows] or [rows, k]")
+    if output.column is None and width > 1:
+        raise OutputMismatch(
+            f"output {output.tensor!r} has {width} columns per row (shape {shape}): set"
+            " mlrelease:model.output.column to the score's column (1 for P(positive) of a binary predict_proba)"
+        )
+    column = output.column or 0
+    if column >= width:
+        raise OutputMismatch(
+            f"mlrelease:model.output.column = {column}, but output {output.tensor!r} has {width} column(s)"
+            f" (shape {shape}): set a column below {width}, or omit it for a one-column output"
+        )
+    picked = flat[column::width]
+    if rows is not None and len(picked) != rows:
+        raise OutputMismatch(f"output {output.tensor!r} has {len(picked)} rows for {rows} input rows")
     try:
-        return [float(v) for v in flat]
+        return [float(v) for v in picked]
     except (TypeError, ValueError):
+        raise OutputMismatch(
+            f"output {output.tensor!r} holds non-numeric values ({found.get('datatype')}): scores must be numbers"
+        ) from None
+
+
+def scores(body: bytes, output: OutputSpec) -> list[float] | None:
+    """Per-row scores of a raw V2 response body, or None if it holds none where ``output`` says."""
+    try:
+        return read_scores(orjson.loads(body), output)
+    except (orjson.JSONDecodeError, OutputMismatch):
         return None
 
 
-def perturb(body: bytes, delta: float) -> tuple[bytes, list[float] | None]:
-    """Shift every value of the first output by `delta`, clipped to [0, 1] (fault injection for drills)."""
+def perturb(body: bytes, delta: float, output: OutputSpec) -> tuple[bytes, list[float] | None]:
+    """Shift every value of the scored output by `delta`, clipped to [0, 1] (fault injection for drills)."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
         return body, None
-    output = _first_output(payload)
-    if output is None or not isinstance(output.get("data"), list):
-        return body, scores(body)
+    outputs = payload.get("outputs") if isinstance(payload, dict) else None
+    found = next((o for o in outputs or [] if isinstance(o, dict) and o.get("name") == output.tensor), None)
+    if found is None or not isinstance(found.get("data"), list):
+        return body, scores(body, output)
     flat: list[Any] = []
-    _flatten(output["data"], flat)
-    output["data"] = [min(1.0, max(0.0, float(v) + delta)) for v in flat]
+    _flatten(found["data"], flat)
+    try:
+        found["data"] = [min(1.0, max(0.0, float(v) + delta)) for v in flat]
+    except (TypeError, ValueError):
+        return body, None
     new_body = orjson.dumps(payload)
-    return new_body, scores(new_body)
+    return new_body, scores(new_body, output)
 
 
 def error_body(message: str) -> bytes:

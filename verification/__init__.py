@@ -5,7 +5,8 @@ Modules (import them directly; this package imports nothing heavy on its own):
   Jensen-Shannon, normed Wasserstein, missing-rate tests; ``dataset_drift`` with BH or Bonferroni.
 - ``evaluation``: binary and regression metrics; ``evaluate_non_inferiority`` (paired bootstrap)
   and ``evaluate_absolute`` (first release).
-- ``performance``: ``quantile_bounds`` (order statistics), ``latency_gate``, ``memory_gate``.
+- ``performance``: ``quantile_bounds`` (order statistics), ``latency_gate``, ``latency_ratio_gate``
+  (paired block bootstrap of candidate/incumbent quantiles) and ``compare_latency``, ``memory_gate``.
 - ``comparison``: ``compare_predictions`` on aligned pairs and the anytime-valid
   ``SequentialComparison``.
 - ``judge``: Kayenta-compatible ``mann_whitney``, ``two_proportion`` for rates, weighted ``score``.

@@ -15,6 +15,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serving.v2 import DEFAULT_OUTPUT, OutputSpec
+
 
 class TargetError(RuntimeError):
     """The target could not do what was asked; the message names what, where, and what to do."""
@@ -154,8 +156,13 @@ class Target(Protocol):
         """Stop everything the runtime runs (versions included); a no-op when nothing runs."""
         ...
 
-    def deploy(self, version: str, model_dir: Path, sha256: str) -> DeploymentState:
-        """Serve ``version`` from ``model_dir`` after checking its digest, at weight 0 (idempotent)."""
+    def deploy(
+        self, version: str, model_dir: Path, sha256: str, output: OutputSpec = DEFAULT_OUTPUT
+    ) -> DeploymentState:
+        """Serve ``version`` from ``model_dir`` after checking its digest, at weight 0 (idempotent).
+
+        ``output`` says where the version's answers hold the score, for the shadow pairs and telemetry.
+        """
         ...
 
     def deployment(self, version: str) -> DeploymentState | None:

@@ -51,6 +51,7 @@ from serving.prometheus import PrometheusError, ScrapeTarget, start_prometheus
 from serving.router_process import start_router
 from serving.routing import RouterConfig, UpstreamSpec
 from serving.telemetry import Telemetry, TelemetryError, TelemetryMissing
+from serving.v2 import DEFAULT_OUTPUT, OutputSpec
 from serving.wait import wait_until
 
 RUN_ROOT = Path(".mlrelease") / "run"
@@ -265,7 +266,9 @@ class LocalTarget:
     def _server_name(self, version: str) -> str:
         return f"{self.config().model_name}-{version}"
 
-    def deploy(self, version: str, model_dir: Path, sha256: str) -> DeploymentState:
+    def deploy(
+        self, version: str, model_dir: Path, sha256: str, output: OutputSpec = DEFAULT_OUTPUT
+    ) -> DeploymentState:
         """Start (or find) the version's MLServer, then register it with the router at weight 0.
 
         The first version deployed starts the router, with all traffic on it as the primary.
@@ -297,7 +300,9 @@ class LocalTarget:
             handle = start_model_server(Path(model_dir), sha256, self.run_dir, name=name, http_port=port, timeout=120.0)
         except (ArtifactDigestError, ModelDirError, ModelServerError) as exc:
             raise TargetError(str(exc)) from None
-        upstream = UpstreamSpec(version=version, url=handle.url, model_name=handle.model_name, pid_file=handle.pid_path)
+        upstream = UpstreamSpec(
+            version=version, url=handle.url, model_name=handle.model_name, pid_file=handle.pid_path, output=output
+        )
         self._register(upstream, config)
         return self._deployment_state(handle.state_path)
 
@@ -324,7 +329,7 @@ class LocalTarget:
             self._restart_router(router)
         admin = self._admin()
         known = admin.upstreams().get(upstream.version)
-        if known is not None and known["url"] == upstream.url:
+        if known is not None and UpstreamSpec.model_validate(known) == upstream:
             return
         if known is not None:
             # The server came back on another port. Re-register; a version with traffic cannot be
@@ -338,7 +343,9 @@ class LocalTarget:
                 self._restart_router(router.model_copy(update={"upstreams": upstreams}))
                 return
             admin.remove_upstream(upstream.version)
-        admin.add_upstream(upstream.version, upstream.url, upstream.model_name, pid_file=str(upstream.pid_file))
+        admin.add_upstream(
+            upstream.version, upstream.url, upstream.model_name, pid_file=str(upstream.pid_file), output=upstream.output
+        )
         self._persist_routes(admin)
 
     def _deployment_state(self, state_path: Path) -> DeploymentState:

@@ -35,7 +35,7 @@ def test_a_second_operation_is_refused_with_the_holder_and_a_dead_holder_frees_t
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
-    wait_until(lambda: holder(tmp_path, "staging") is None, 10, "the kernel to drop a dead holder's lock")
+    wait_until(lambda: holder(tmp_path, "staging") is None, 30, "the kernel to drop a dead holder's lock")
     with ReleaseLock(tmp_path, "staging", "rollback"):
         assert holder(tmp_path, "staging") is not None  # held (by this process) while inside
     assert holder(tmp_path, "staging") is None

@@ -24,6 +24,7 @@ def _with(**changes: object) -> dict:
     ("config", "message"),
     [
         (_with(gates={"evaluation": {"tolerance": -1}}), "mlrelease:gates.evaluation.tolerance = -1 is not allowed"),
+        (_with(gates={"latency": {"max_ratio": 1}}), "mlrelease:gates.latency.max_ratio = 1 is not allowed"),
         (_with(canary={"steps": [5, 50]}), "the last step must be 100"),
         (_with(canary={"steps": [2.5, 100]}), "steps must be whole percentages"),
         (_with(canary={"min_pairs": 500, "max_pairs": 100}), "max_pairs must be >= min_pairs"),

@@ -26,8 +26,12 @@ from serving.sample_windows import SampleWindows, build_sample_windows
 # Small enough for a 2-core CI machine, large enough for every statistic to have its samples.
 FAST_CANARY = {"steps": [5, 50, 100], "min_pairs": 120, "max_bake_seconds": 60, "synthetic_rps": 80}
 # Latency and memory limits with room for a machine shared with other test processes; the tests that want a
-# gate to fail set their own.
-ROOMY_GATES = {"latency": {"p99_ms": 250, "p50_ms": 150, "requests": 600}, "memory": {"max_mb": 640}}
+# gate to fail set their own. max_ratio: on a busy 2-core machine one server's stalls, which the other does not
+# share, move the candidate/incumbent p99 ratio of two equal versions to 0.7-2.1 (upper bounds up to 5.6).
+ROOMY_GATES = {
+    "latency": {"p99_ms": 250, "p50_ms": 150, "requests": 600, "max_ratio": 10},
+    "memory": {"max_mb": 640},
+}
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -17,9 +17,12 @@ from serving.sample_windows import SampleWindows, build_sample_windows
 # 2-20 ms, p99 upper bound 12-92 ms; RSS good 260 MiB, memory_hungry 772 MiB. The slow variant sleeps
 # 15 ms per call and MLServer runs the model on its event loop, so it serves one call at a time: 300 calls
 # take >= 4.5 s, sending ends at 3 s, so its slowest answer (the p99 bound at n=300) is >= 1.5 s on any
-# machine. Thresholds sit far from both sides.
+# machine. Candidate/incumbent ratio upper bounds, both measured interleaved (load average 2-4): good p50
+# 0.95-1.16, p99 1.0-1.8 at 300 requests (0.9-5.6 at 1000: on a busy machine the tail is one process's
+# stalls, which the other does not share); slow at 50 rps (below its nominal 66 rps: it queues only on a
+# busy machine) p50 5.8-23.5. Thresholds sit far from both sides.
 TEST_GATES = GatesSpec(
-    latency=LatencyGate(p99_ms=1000.0, p50_ms=100.0, rate_rps=100.0, requests=300, warmup_requests=30),
+    latency=LatencyGate(p99_ms=1000.0, p50_ms=100.0, rate_rps=100.0, requests=300, warmup_requests=30, max_ratio=10.0),
     memory=MemoryGate(max_mb=512.0),
 )
 

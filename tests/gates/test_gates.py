@@ -13,17 +13,20 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from components import gate_serving
+from components import gate_serving, gates
 from components.gate_inputs import DriftLog, GateInputs, prepare
 from components.gates import GateEvidence, GateInputError, run_gates
-from components.spec import MemoryGate
+from components.spec import LatencyGate, MemoryGate
 from serving import supervisor
 from serving.artifacts import file_sha256
 from serving.inference_log import InferenceLogWriter
 from serving.sample_models import FEATURES, SampleModels
+from tests.gates.conftest import TEST_GATES
+from verification.performance import compare_latency, latency_gate, latency_ratio_gate
 
 MakeInputs = Callable[..., GateInputs]
 
@@ -58,7 +61,20 @@ def test_good_candidate_passes_all_four_gates_and_leaves_nothing_running(
     for gate in evidence.gates.values():
         assert gate.explanation and gate.report["passed"] is True and gate.thresholds
     assert evidence.gates["evaluation"].sample_sizes["rows"] == 5000
-    assert evidence.gates["latency"].sample_sizes["succeeded"] == inputs.gates.latency.requests
+    latency = evidence.gates["latency"]
+    requests = inputs.gates.latency.requests
+    assert latency.sample_sizes["succeeded"] == requests
+    # The incumbent was measured in the same run, interleaved: its figures and the ratios are evidence too.
+    assert latency.sample_sizes["incumbent_succeeded"] == latency.sample_sizes["pairs"] == requests
+    for key in ("p50_ms", "p99_upper_ms", "incumbent_p50_ms", "incumbent_p99_ms", "incumbent_p99_upper_ms"):
+        assert 0 < latency.observed[key] < 1000, key  # type: ignore[operator]
+    for label in ("p50", "p99"):
+        ratio, upper = latency.observed[f"{label}_ratio"], latency.observed[f"{label}_ratio_upper"]
+        assert ratio is not None and upper is not None and 0 < ratio <= upper <= 10.0
+    assert latency.observed["p99_ratio"] == pytest.approx(
+        latency.report["ratio"]["ratios"]["p99"]["candidate"] / latency.report["ratio"]["ratios"]["p99"]["incumbent"]
+    )
+    assert f"on {requests} interleaved request pairs" in latency.summary and "incumbent p99 " in latency.summary
     assert evidence.gates["drift"].sample_sizes == {
         "reference_rows": 5000,
         "current_rows": 5000,
@@ -93,14 +109,47 @@ def test_worse_candidate_on_a_shifted_window_is_blocked_on_both_and_the_verdict_
 
 
 def test_slow_candidate_is_blocked_on_latency(make_inputs: MakeInputs, dirs: tuple[Path, Path]) -> None:
-    # Latency and memory are the candidate's alone (the incumbent is stopped before the load): no incumbent
-    # here, one server start less on a busy machine.
+    # A first release: the absolute thresholds alone, and the evidence says there was nothing to compare with.
     evidence = run_gates(make_inputs("slow", incumbent=None), work_dir=dirs[0], cache_dir=dirs[1])
     assert _failed(evidence) == {"latency"}, evidence.failures()
     [line] = evidence.failures()
     pattern = r"gate latency failed: (p50 .*, )?p99 upper bound [\d.]+ ms > threshold 1000 ms \(by [\d.]+ ms\)"
-    assert line.endswith(" on 300 requests"), line
+    assert line.endswith(" on 300 requests; no incumbent to compare with (first release)"), line
     assert re.match(pattern, line), line
+    latency = evidence.gates["latency"]
+    assert latency.observed["incumbent_p99_upper_ms"] is None and latency.observed["p99_ratio_upper"] is None
+    assert "pairs" not in latency.sample_sizes
+    assert _nothing_runs(dirs[0])
+
+
+def test_slow_candidate_against_the_incumbent_fails_on_the_ratio(
+    make_inputs: MakeInputs, dirs: tuple[Path, Path]
+) -> None:
+    """Absolute thresholds it meets; the incumbent, measured in the same run, is several times faster."""
+    gates = TEST_GATES.model_copy(
+        update={
+            "latency": LatencyGate(
+                p99_ms=10_000.0, p50_ms=5_000.0, rate_rps=50.0, requests=300, warmup_requests=30, max_ratio=1.25
+            )
+        }
+    )
+    evidence = run_gates(make_inputs("slow", gates=gates), work_dir=dirs[0], cache_dir=dirs[1])
+    assert _failed(evidence) == {"latency"}, evidence.failures()
+    latency = evidence.gates["latency"]
+    assert latency.report["candidate"]["passed"] and not latency.report["ratio"]["passed"]
+    [line] = evidence.failures()
+    pattern = (
+        r"gate latency failed: p50 ratio candidate/incumbent upper bound ([\d.]+) > max ratio 1\.25 \(by [\d.]+\)"
+        r" \(candidate p50 ([\d.]+) ms, incumbent p50 ([\d.]+) ms\)"
+    )
+    match = re.match(pattern, line)
+    assert match, line
+    assert line.endswith(" on 300 interleaved request pairs"), line
+    assert float(match[2]) > 2 * float(match[3])  # both figures, from the same run
+    assert latency.observed["p50_ms"] == pytest.approx(float(match[2]), abs=0.05)
+    assert latency.observed["incumbent_p50_ms"] == pytest.approx(float(match[3]), abs=0.05)
+    assert latency.observed["p50_ratio_upper"] == pytest.approx(float(match[1]), abs=0.005)
+    assert latency.sample_sizes["pairs"] == latency.sample_sizes["incumbent_succeeded"] == 300
     assert _nothing_runs(dirs[0])
 
 
@@ -120,6 +169,9 @@ def test_first_release_runs_the_absolute_gates(make_inputs: MakeInputs, dirs: tu
     assert evaluation.report["incumbent"] is None and evaluation.report["non_inferior"] is None
     assert evaluation.summary.startswith("roc_auc 0.81") and ">= floor 0.7" in evaluation.summary
     assert set(evidence.gates) == {"evaluation", "latency", "memory", "drift"}
+    latency = evidence.gates["latency"]
+    assert latency.summary.endswith("; no incumbent to compare with (first release)"), latency.summary
+    assert "absolute thresholds only" in latency.explanation and "ratio" not in latency.report
 
 
 def test_cache_hit_returns_the_same_evidence_without_serving(
@@ -138,6 +190,38 @@ def test_cache_hit_returns_the_same_evidence_without_serving(
     changed = inputs.model_copy(update={"gates": inputs.gates.model_copy(update={"memory": MemoryGate(max_mb=600)})})
     with pytest.raises(AssertionError, match="must not start a model server"):
         run_gates(changed, work_dir=root / "work", cache_dir=root / "cache")
+
+
+def test_summary_says_when_the_runner_is_too_slow_and_still_blocks() -> None:
+    """The wording of a threshold both versions miss in the same run (pure: synthetic latencies, no servers)."""
+    rng = np.random.default_rng(5)
+    shared = rng.exponential(40.0, 1000)  # a busy runner: both versions slowed alike
+    candidate, incumbent = 5 + shared + rng.exponential(2.0, 1000), 5 + shared + rng.exponential(2.0, 1000)
+    limits = {"p99_max_ms": 40.0, "p50_max_ms": 500.0}
+    ratio = latency_ratio_gate(candidate, incumbent, max_ratio=1.25)
+    report = compare_latency(latency_gate(candidate, **limits), latency_gate(incumbent, **limits), ratio)
+    assert not report.passed
+    summary = gates._compared_summary(report)
+    bounds = (
+        report.candidate.quantiles["p99"].upper,
+        report.incumbent.quantiles["p99"].upper,
+        ratio.ratios["p99"].upper,
+    )
+    assert summary == (
+        f"p99 upper bound {bounds[0]:.1f} ms > threshold 40 ms (by {bounds[0] - 40:.1f} ms) on 1000 requests;"
+        f" the incumbent's p99 upper bound in the same run is {bounds[1]:.1f} ms, also over: this runner is too"
+        f" slow for the threshold, and the candidate is no slower than the incumbent (p99 ratio upper bound"
+        f" {bounds[2]:.2f} <= 1.25)"
+    )
+    # A slower candidate on the same slow runner: the ratio is named as well, with both versions' figures.
+    slower = latency_ratio_gate(candidate * 1.6, incumbent, max_ratio=1.25)
+    report = compare_latency(latency_gate(candidate * 1.6, **limits), latency_gate(incumbent, **limits), slower)
+    summary = gates._compared_summary(report)
+    assert "also over: this runner is too slow for the threshold, and the candidate is slower than the incumbent" in (
+        summary
+    )
+    assert re.search(r"; p50 ratio candidate/incumbent upper bound [\d.]+ > max ratio 1\.25 \(by [\d.]+\)", summary)
+    assert summary.endswith(" on 1000 interleaved request pairs"), summary
 
 
 def _one_line_error(inputs: GateInputs, dirs: tuple[Path, Path]) -> str:

@@ -132,7 +132,7 @@ def test_crashed_server_comes_back_and_a_tampered_restart_refuses(
     model_dir = _copy_model(sample_models, "incumbent", tmp_path / "crashy")
     handle = start_model_server(model_dir, sample_models.models["incumbent"].sha256, run_dir, name="crashy")
     os.kill(handle.pid, signal.SIGKILL)
-    wait_until(lambda: supervisor.status(handle.state_path).restarts == 1, 10, "the supervisor to restart it")
+    wait_until(lambda: supervisor.status(handle.state_path).restarts == 1, 30, "the supervisor to restart it")
     wait_until(lambda: is_ready(handle.url, handle.model_name), 60, "the restarted server to be ready")
     with InferenceClient(handle.url, handle.model_name) as client:
         assert len(client.predict(_holdout(sample_models, 3)).scores) == 3

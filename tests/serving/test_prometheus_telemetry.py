@@ -207,5 +207,5 @@ def test_prometheus_listens_on_loopback_only(observed: Observed) -> None:
 
 def test_bad_config_fails_startup_clearly(run_dir: Path) -> None:
     with pytest.raises(PrometheusError, match=r"exited during startup: .*not a valid duration"):
-        start_prometheus(run_dir, [], scrape_interval="bogus", timeout=20)
+        start_prometheus(run_dir, [], scrape_interval="bogus", timeout=60)
     assert supervisor.status(run_dir / "prometheus" / "state.json").state == "stopped"

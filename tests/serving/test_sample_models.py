@@ -4,6 +4,8 @@ test_modelserver checks them behind a real MLServer)."""
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -31,6 +33,27 @@ from serving.sample_models import (
 
 def _files(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+# BLAS kernels that order floating-point sums differently, per architecture (OpenBLAS core names).
+_KERNELS = {"x86_64": ("Haswell", "Prescott"), "aarch64": ("NEOVERSEN1", "ARMV8")}
+
+
+def test_every_blas_kernel_and_thread_count_builds_the_same_bytes(sample_models: SampleModels, tmp_path: Path) -> None:
+    """Another CPU picks another kernel; the artifacts and the held-out file must not notice (issue 10)."""
+    kernels = _KERNELS.get(platform.machine())
+    assert kernels, f"no two OpenBLAS kernels known for {platform.machine()}: add them to _KERNELS"
+    trees = {}
+    for kernel, threads in zip(kernels, ("1", "2"), strict=True):
+        out = tmp_path / kernel
+        env = {**os.environ, "OPENBLAS_CORETYPE": kernel, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+        subprocess.run(
+            [sys.executable, "-m", "serving.sample_models", str(out)], env=env, check=True, capture_output=True
+        )
+        trees[kernel] = _files(out)
+    first, second = trees.values()
+    assert first == second
+    assert first == _files(sample_models.holdout.parent.parent)
 
 
 def test_rebuild_is_byte_identical(sample_models: SampleModels, tmp_path: Path) -> None:

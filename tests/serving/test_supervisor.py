@@ -89,7 +89,7 @@ def test_outlives_the_command_that_started_it(run_dir: Path) -> None:
 def test_crash_is_restarted_with_counter_and_new_pid(run_dir: Path) -> None:
     handle = start_process("crashy", SLEEPER, run_dir)
     os.kill(handle.pid, signal.SIGKILL)
-    restarted = wait_until(lambda: (s := status(handle.state_path)).restarts == 1 and s.alive and s, 10, "a restart")
+    restarted = wait_until(lambda: (s := status(handle.state_path)).restarts == 1 and s.alive and s, 30, "a restart")
     assert restarted.pid != handle.pid and restarted.last_exit_code == -signal.SIGKILL
     assert handle.pid_path.read_text().strip() == str(restarted.pid)
     assert "restart 1" in (handle.state_path.parent / supervisor.SUPERVISOR_LOG).read_text()
@@ -108,7 +108,7 @@ def test_stop_terminates_child_and_supervisor(run_dir: Path) -> None:
 
 def test_stop_kills_a_child_that_ignores_sigterm_after_the_grace(run_dir: Path) -> None:
     handle = start_process("stubborn", STUBBORN, run_dir, stop_grace_s=0.5)
-    wait_until(lambda: _printed_up(handle.log_path), 10, "the child to ignore SIGTERM")
+    wait_until(lambda: _printed_up(handle.log_path), 30, "the child to ignore SIGTERM")
     assert stop(handle.state_path).state == "stopped"
     assert _gone(handle.pid)
     assert "SIGKILL" in (handle.state_path.parent / supervisor.SUPERVISOR_LOG).read_text()
@@ -117,9 +117,9 @@ def test_stop_kills_a_child_that_ignores_sigterm_after_the_grace(run_dir: Path) 
 def test_dead_and_unsupervised_are_visible_and_a_restart_recovers(run_dir: Path) -> None:
     handle = start_process("victim", SLEEPER, run_dir)
     os.kill(handle.supervisor_pid, signal.SIGKILL)
-    wait_until(lambda: status(handle.state_path).state == "unsupervised", 10, "supervisor death to show")
+    wait_until(lambda: status(handle.state_path).state == "unsupervised", 30, "supervisor death to show")
     os.kill(handle.pid, signal.SIGKILL)
-    wait_until(lambda: status(handle.state_path).state == "dead", 10, "child death to show")
+    wait_until(lambda: status(handle.state_path).state == "dead", 30, "child death to show")
     fresh = start_process("victim", SLEEPER, run_dir)
     assert fresh.pid != handle.pid and status(fresh.state_path).state == "running"
 
@@ -156,3 +156,13 @@ def test_names_cannot_escape_the_run_dir(run_dir: Path) -> None:
 def test_missing_state_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="never started"):
         status(tmp_path / "nothing" / "state.json")
+
+
+def test_a_child_that_exits_at_once_is_reported_at_once_with_its_output(run_dir: Path) -> None:
+    """The race of the issue: the child is gone before its pid is ever seen; the answer is immediate."""
+    argv = ["/bin/sh", "-c", "echo 'config error: not a valid duration'; exit 3"]
+    expected = r"exited during startup with code 3: config error: not a valid duration"
+    with pytest.raises(supervisor.ProcessExitedDuringStartup, match=expected) as info:
+        start_process("quitter", argv, run_dir, timeout=120)
+    assert info.value.exit_code == 3 and info.value.log_path.name == "output.log"
+    assert status(run_dir / "quitter" / "state.json").state == "stopped"

@@ -52,11 +52,35 @@ def test_bad_payloads_are_refused_with_a_message(body: bytes, message: str) -> N
         v2.parse_request(body, FEATURES)
 
 
-def test_scores_read_positive_class_and_perturbation_clips() -> None:
-    one_col = _body(outputs=[_tensor([2, 1], [0.2, 0.9])])
-    two_col = _body(outputs=[_tensor([2, 2], [[0.8, 0.2], [0.1, 0.9]])])
-    assert v2.scores(one_col) == [0.2, 0.9]
-    assert v2.scores(two_col) == [0.2, 0.9]
-    assert v2.scores(b"oops") is None
-    _, shifted = v2.perturb(one_col, 0.4)
+def test_scores_read_the_configured_output_and_perturbation_clips() -> None:
+    one_col = _body(outputs=[_tensor([2, 1], [0.2, 0.9], name="predict_proba")])
+    two_col = _body(outputs=[_tensor([2, 2], [[0.8, 0.2], [0.1, 0.9]], name="predict_proba")])
+    flat = _body(outputs=[_tensor([2], [0.3, 0.7], name="predict")])
+    assert v2.scores(one_col, v2.OutputSpec()) == [0.2, 0.9]
+    assert v2.scores(two_col, v2.OutputSpec(column=1)) == [0.2, 0.9]
+    assert v2.scores(two_col, v2.OutputSpec(column=0)) == [0.8, 0.1]
+    assert v2.scores(flat, v2.OutputSpec(tensor="predict")) == [0.3, 0.7]
+    assert v2.scores(two_col, v2.OutputSpec()) is None
+    assert v2.scores(b"oops", v2.OutputSpec()) is None
+    _, shifted = v2.perturb(one_col, 0.4, v2.OutputSpec())
     assert shifted == pytest.approx([0.6, 1.0])
+
+
+@pytest.mark.parametrize(
+    ("outputs", "output", "rows", "message"),
+    [
+        (
+            [_tensor([2, 2], [1, 0, 0, 1], name="predict_proba")],
+            {},
+            2,
+            r"2 columns .* set mlrelease:model\.output\.column",
+        ),
+        ([_tensor([2], [1, 0], name="predict")], {}, 2, r"not 'predict_proba'.*predict_fn"),
+        ([_tensor([2, 2], [1, 0, 0, 1], name="p")], {"tensor": "p", "column": 2}, 2, r"column = 2.*2 column"),
+        ([_tensor([4], [1, 0, 0, 1], name="predict_proba")], {}, 2, "4 rows for 2 input rows"),
+        ([_tensor([1], ["a"], "BYTES", name="predict_proba")], {}, 1, "non-numeric"),
+    ],
+)
+def test_read_scores_names_the_fix(outputs: list, output: dict, rows: int, message: str) -> None:
+    with pytest.raises(v2.OutputMismatch, match=message):
+        v2.read_scores(orjson.loads(_body(outputs=outputs)), v2.OutputSpec(**output), rows)
