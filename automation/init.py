@@ -43,7 +43,7 @@ from automation.errors import CommandFailed
 from components.gate_inputs import SCHEMA_FILE, FeatureSchema
 from components.policy import PROD_BOUNDS, violations
 from components.spec import NAMESPACE, ReleaseSpec, SpecError, load_spec
-from components.stack_config import decode_value
+from components.stack_config import namespaced
 from serving import supervisor
 from serving.artifacts import ArtifactDigestError, ModelDirError, artifact_digest, file_sha256, read_settings
 from serving.client import v2_request
@@ -484,9 +484,7 @@ def render_stack_file(spec: ReleaseSpec, stack: str, schema_path: Path) -> str:
 
 def parse_stack_file(text: str) -> dict[str, Any]:
     """The ``mlrelease:*`` config of a stack file's text, keys without the namespace."""
-    config = (yaml.safe_load(text) or {}).get("config") or {}
-    prefix = f"{NAMESPACE}:"
-    return {key[len(prefix) :]: value for key, value in config.items() if key.startswith(prefix)}
+    return namespaced((yaml.safe_load(text) or {}).get("config") or {})
 
 
 def build_config(
@@ -727,11 +725,7 @@ def _write_stack(
             _write_atomic(schema_path, schema_text or "")
         salt = f"# Written by `pulumi stack init`: the salt of this stack's secrets.\n{yaml.safe_dump(kept)}"
         _write_atomic(config_file, text + (salt if kept else ""))
-        config = {
-            key[len(NAMESPACE) + 1 :]: decode_value(value.value)
-            for key, value in ws.get_all_config(stack).items()
-            if key.startswith(f"{NAMESPACE}:")
-        }
+        config = namespaced({key: value.value for key, value in ws.get_all_config(stack).items()})
         if load_spec(config) != spec:
             raise CommandFailed(
                 f"internal error: the engine reads {config_file.name} differently from how it was written"

@@ -23,7 +23,7 @@ from automation.engine import PROJECT_DIR, EngineMissing, engine_env, select_sta
 from automation.errors import CommandFailed
 from automation.stack_file import StackFile, StackFileError, same_value
 from components.spec import NAMESPACE
-from components.stack_config import decode_value
+from components.stack_config import namespaced
 from components.targets.base import TargetError
 from components.targets.local import LocalTarget
 
@@ -63,11 +63,7 @@ class StackContext:
 
     def config(self) -> dict[str, Any]:
         """The stack's ``mlrelease:*`` config, keys without the namespace, structured values decoded."""
-        return {
-            key[len(PREFIX) :]: decode_value(value.value)
-            for key, value in self.stack.get_all_config().items()
-            if key.startswith(PREFIX)
-        }
+        return namespaced({key: value.value for key, value in self.stack.get_all_config().items()})
 
     @property
     def config_file(self) -> Path:

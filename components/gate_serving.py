@@ -127,8 +127,9 @@ def _try_batch(client: httpx.Client, url: str, body: dict, output: OutputSpec, n
         raise _Transient(f"HTTP {resp.status_code}: {resp.text[:200]}")
     if resp.status_code != 200:
         raise OutputMismatch(
-            f"HTTP {resp.status_code}: {resp.text[:200]}; the model server refuses the request as the feature"
-            " schema encodes it: check schema.json (feature order, input tensor name) against the model"
+            f"HTTP {resp.status_code}: {resp.text[:200]}; the model server refuses the request as it is encoded:"
+            " check schema.json (feature order, input tensor name) and mlrelease:model.output.tensor (the output"
+            " asked for) against the model"
         )
     try:
         payload = resp.json()

@@ -187,9 +187,9 @@ def _score_holdout(
     """
     input_name = prepared.schema.input.name
     incumbent_scores = None
-    if "incumbent" in servers:
+    if prepared.incumbent is not None:
         try:
-            output = prepared.incumbent.output if prepared.incumbent else OutputSpec()
+            output = prepared.incumbent.output
             incumbent_scores, _ = score(servers["incumbent"], prepared.holdout, input_name=input_name, output=output)
         except ServingFailure as exc:
             raise GateInputError(f"the incumbent could not score the held-out set: {exc}") from None

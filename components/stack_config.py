@@ -8,6 +8,7 @@ config for Automation API inline programs); this module reads it and decodes str
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from pulumi.runtime.config import CONFIG, get_config_env
@@ -16,8 +17,12 @@ from components.spec import NAMESPACE
 
 
 def namespace_config() -> dict[str, Any]:
-    """The stack's ``mlrelease:*`` config as ``{key without namespace: decoded value}``."""
-    raw: dict[str, Any] = {**get_config_env(), **CONFIG.get()}
+    """The running stack's ``mlrelease:*`` config as ``{key without namespace: decoded value}``."""
+    return namespaced({**get_config_env(), **CONFIG.get()})
+
+
+def namespaced(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``mlrelease:*`` keys of a whole config map, without the namespace, structured values decoded."""
     prefix = f"{NAMESPACE}:"
     return {key[len(prefix) :]: decode_value(value) for key, value in raw.items() if key.startswith(prefix)}
 

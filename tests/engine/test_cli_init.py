@@ -30,7 +30,7 @@ from automation.sandbox import copy_program
 from components.gate_inputs import FeatureSchema
 from components.policy import violations
 from components.spec import load_spec
-from components.stack_config import decode_value
+from components.stack_config import namespaced
 from serving.artifacts import artifact_digest, file_sha256
 from serving.v2 import OutputSpec
 from tests import stock_models
@@ -144,7 +144,7 @@ def test_init_writes_a_stack_that_loads_with_the_output_setting_digests_and_sche
     # The engine reads the file as written, and the stack exists in the backend.
     assert "staging" in proj.stacks()
     engine_config = select_stack("staging", work_dir=proj.dir, env=proj.env, create=False).get_all_config()
-    assert load_spec({k.split(":", 1)[1]: decode_value(v.value) for k, v in engine_config.items()}) == spec
+    assert load_spec(namespaced({key: value.value for key, value in engine_config.items()})) == spec
 
     schema = json.loads((data.holdout.parent / "schema.json").read_text())
     features = stock_models.features()
