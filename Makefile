@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PULUMI_SKIP_UPDATE_CHECK := true
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION := true
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint bench cluster-tools cluster-up cluster-down cluster-status
 
 setup:
 	@bash scripts/setup.sh
@@ -13,7 +13,7 @@ setup:
 demo: setup
 	$(PY) -m automation.demo
 
-test: setup lint
+test: setup cluster-tools lint
 	$(PY) -m pytest
 
 lint: setup
@@ -22,3 +22,16 @@ lint: setup
 
 bench: setup
 	$(PY) bench/bench_release.py
+
+# The local Kubernetes cluster (docs/kubernetes.md). Its tools are built only for what needs them: not by setup.
+cluster-tools: setup
+	@bash scripts/cluster-tools.sh
+
+cluster-up: cluster-tools
+	@bash scripts/cluster.sh up
+
+cluster-down:
+	@bash scripts/cluster.sh down
+
+cluster-status:
+	@bash scripts/cluster.sh status

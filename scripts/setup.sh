@@ -10,39 +10,18 @@
 set -euo pipefail
 
 ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+PREFIX=setup
 VENV="$ROOT/.venv"
 ENGINE_DIR="$ROOT/tools/engine"
 LANGHOST_DIR="$ENGINE_DIR/langhost"
 DEBIAN_PACKAGES=(prometheus)
 
-say() { printf 'setup: %s\n' "$*" >&2; }
-die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
 
 # The pinned release is whatever tools/engine/go.mod requires; nothing else names it.
 pinned_version() {
     awk '$1 == "github.com/pulumi/pulumi/pkg/v3" { print $2; exit }' "$ENGINE_DIR/go.mod"
-}
-
-install_debian_packages() {
-    local missing=()
-    for pkg in "${DEBIAN_PACKAGES[@]}"; do
-        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-    done
-    [ ${#missing[@]} -eq 0 ] && return 0
-    command -v apt-get >/dev/null || die "Debian packages missing (${missing[*]}) and apt-get not found: install them with your package manager"
-    [ "$(id -u)" -eq 0 ] || die "Debian packages missing (${missing[*]}): run 'sudo apt-get install -y ${missing[*]}' and re-run make"
-    say "installing Debian packages: ${missing[*]}"
-    # The package's own service would bind public ports on its defaults; mlrelease starts prometheus itself
-    # on loopback, so keep the package's init scripts from starting anything during install.
-    local policy=/usr/sbin/policy-rc.d created_policy=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created_policy=1
-    fi
-    local ok=1
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } \
-        >/tmp/mlrelease-apt.log 2>&1 || ok=0
-    [ "$created_policy" -eq 1 ] && rm -f "$policy"
-    [ "$ok" -eq 1 ] || die "apt-get could not install ${missing[*]} (log: /tmp/mlrelease-apt.log): check that Debian's package mirror is reachable and re-run make"
 }
 
 install_python_env() {
@@ -69,19 +48,6 @@ install_python_env() {
 
 engine_version_of() {  # prints the version a pulumi binary reports, or nothing
     PULUMI_SKIP_UPDATE_CHECK=true "$1" version 2>/dev/null | head -n1 || true
-}
-
-go_build() {  # go_build MODULE_DIR PACKAGE OUTPUT [LDFLAGS]
-    local dir=$1 pkg=$2 out=$3 ldflags=${4:-}
-    command -v go >/dev/null \
-        || die "Go toolchain not found: install Go >= 1.21 (the pinned toolchain in tools/engine/go.mod is then fetched from the Go module proxy) and re-run make"
-    local log
-    log=$(mktemp /tmp/mlrelease-go-build.XXXXXX.log)
-    (cd "$dir" && GOTOOLCHAIN=auto GOFLAGS=-mod=mod go mod download >"$log" 2>&1) \
-        || die "the Go module proxy refused a module of $(basename "$dir")/go.mod ($(grep -m1 -E 'go: |reading' "$log" || tail -n1 "$log")): check GOPROXY and that the pinned versions are served"
-    (cd "$dir" && GOTOOLCHAIN=auto go build -trimpath -ldflags "-s -w $ldflags" -o "$out" "$pkg" >>"$log" 2>&1) \
-        || die "building $pkg failed (log: $log): $(tail -n1 "$log")"
-    rm -f "$log"
 }
 
 install_engine() {
@@ -133,7 +99,7 @@ install_engine() {
 }
 
 main() {
-    install_debian_packages
+    install_debian_packages "${DEBIAN_PACKAGES[@]}"
     install_python_env
     install_engine
     say "ready: $("$VENV/bin/pulumi" version) at .venv/bin/pulumi"

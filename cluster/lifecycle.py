@@ -1,0 +1,185 @@
+"""``up``, ``down`` and ``status`` of the local cluster.
+
+``up`` is idempotent: it starts what is not running and returns once the API server, the node and (on a real
+node) CoreDNS are ready. ``down`` stops every process ``up`` started (by pid, then anything still in the
+namespace), unmounts what kubelet and containerd mounted under the run directory, removes the pods' cgroups
+and network namespaces, deletes the cluster's namespace and writes back the global sysctls recorded by the
+first ``up``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cluster import api, control_plane, images, netns, node, processes
+from cluster.layout import MODES, NODE_NAME, Layout
+from cluster.netns import ClusterError
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+@dataclass
+class State:
+    mode: str = ""
+    port: int = 0
+    sysctls: dict[str, str] = field(default_factory=dict)
+    netns_before: list[str] = field(default_factory=list)
+    images: dict[str, str] = field(default_factory=dict)
+    fallback_reason: str = ""
+
+    @classmethod
+    def load(cls, layout: Layout) -> State | None:
+        try:
+            return cls(**json.loads(layout.state_file.read_text()))
+        except FileNotFoundError:
+            return None
+
+    def save(self, layout: Layout) -> None:
+        layout.state_file.write_text(json.dumps(asdict(self), indent=2))
+        layout.state_file.chmod(0o600)
+
+
+def _netns_names() -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _requested_mode() -> str:
+    mode = os.environ.get("MLRELEASE_CLUSTER_MODE", "auto")
+    if mode not in (*MODES, "auto"):
+        raise ClusterError(f"MLRELEASE_CLUSTER_MODE={mode!r} is not one of auto, real, kwok: unset it or pick one")
+    return mode
+
+
+def _real_node_unsupported() -> str:
+    """Why this machine cannot run containers, or "" when it should."""
+    for tool in ("/usr/bin/containerd", "/usr/sbin/runc"):
+        if not Path(tool).exists():
+            return f"{tool} is not installed"
+    if not (CGROUP_ROOT / "memory").is_dir() and not (CGROUP_ROOT / "cgroup.controllers").exists():
+        return "no cgroup hierarchy is mounted"
+    probe = CGROUP_ROOT / "pids" / "mlrelease-probe"
+    try:
+        probe.mkdir(exist_ok=True)
+        probe.rmdir()
+    except OSError as exc:
+        return f"cgroups are not writable ({exc.strerror})"
+    return ""
+
+
+def up(layout: Layout) -> State:
+    requested = _requested_mode()
+    layout.run.mkdir(parents=True, exist_ok=True)
+    state = State.load(layout)
+    if state is None:
+        state = State(sysctls=netns.read_sysctls(), netns_before=_netns_names())
+        state.save(layout)
+    netns.create(layout)
+    state.port = control_plane.up(layout)
+    state.save(layout)
+    mode = state.mode or requested
+    if mode in ("auto", "real"):
+        reason = _real_node_unsupported()
+        if not reason:
+            wanted = images.all_images()  # a failed build is an error to fix, never a reason to fall back
+            try:
+                state.images = node.up_real(layout, wanted)
+                state.mode = "real"
+            except (ClusterError, TimeoutError) as exc:
+                if mode == "real":
+                    raise
+                reason = str(exc)
+                node.down_real(layout)
+        if reason:
+            if mode == "real":
+                raise ClusterError(f"a real node cannot run here: {reason}; use MLRELEASE_CLUSTER_MODE=kwok")
+            state.fallback_reason = reason
+            print(f"cluster: containers cannot run on this machine ({reason}); using kwok nodes instead")
+            mode = "kwok"
+    if mode == "kwok":
+        node.up_kwok(layout)
+        state.mode = "kwok"
+    state.save(layout)
+    return state
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve()) + "/"
+    mounts = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].encode().decode("unicode_escape")
+        if point.startswith(prefix):
+            mounts.append(point)
+    return sorted(set(mounts), key=len, reverse=True)
+
+
+def _pod_cgroups() -> list[Path]:
+    """Every ``kubepods`` cgroup directory kubelet made, deepest first."""
+    found = []
+    for controller in CGROUP_ROOT.iterdir():
+        top = controller / "kubepods"
+        if top.is_dir():
+            found.extend(p for p in top.rglob("*") if p.is_dir())
+            found.append(top)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def _pids_in_cgroups(dirs: list[Path]) -> list[int]:
+    pids = set()
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            pids.update(int(p) for p in (d / "cgroup.procs").read_text().split())
+    return sorted(pids)
+
+
+def down(layout: Layout) -> list[str]:
+    """Stop everything; return the global sysctls that had to be written back."""
+    state = State.load(layout)
+    node.down_real(layout)
+    processes.stop(layout, list(reversed(processes.recorded(layout))))
+    cgroups = _pod_cgroups()
+    processes.terminate(_pids_in_cgroups(cgroups) + netns.pids_inside(layout), timeout=5.0)
+    for point in _mounts_under(layout.run):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+    for d in cgroups:
+        with contextlib.suppress(OSError):
+            d.rmdir()
+    before = set(state.netns_before) if state else set()
+    for name in _netns_names():
+        if name.startswith("cni-") and name not in before:
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+    netns.delete(layout)
+    restored = netns.restore_sysctls(state.sysctls) if state else []
+    shutil.rmtree(layout.run, ignore_errors=True)
+    return restored
+
+
+def status(layout: Layout) -> dict:
+    state = State.load(layout)
+    procs = {name: processes.pid_of(layout, name) for name in processes.recorded(layout)}
+    report = {
+        "up": bool(state) and netns.exists(layout) and api.ready(layout) if layout.kubeconfig.exists() else False,
+        "mode": state.mode if state else "",
+        "netns": layout.netns if netns.exists(layout) else "",
+        "kubeconfig": str(layout.kubeconfig) if layout.kubeconfig.exists() else "",
+        "processes": procs,
+        "images": state.images if state else {},
+        "fallback_reason": state.fallback_reason if state else "",
+        "sysctls_changed": {},
+    }
+    if state:
+        now = netns.read_sysctls()
+        report["sysctls_changed"] = {
+            k: {"before": v, "now": now.get(k)} for k, v in state.sysctls.items() if now.get(k) != v
+        }
+        if report["up"] and state.mode == "real":
+            report["node_ready"] = api.node_ready(layout, NODE_NAME)
+        elif report["up"]:
+            report["node_ready"] = api.node_ready(layout, node.KWOK_NODE)
+    return report

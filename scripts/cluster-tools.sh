@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Builds and installs what the local Kubernetes cluster (scripts/cluster.sh) and the Kubernetes target need.
+# `make setup` does not run this: users of the local target never wait for it. `make test` and `make cluster-up`
+# do. Idempotent; a second run takes seconds.
+#
+#   1. Debian packages: etcd, containerd, runc, CNI plugins, iptables (used only inside the cluster's network
+#      namespace), conntrack, mmdebstrap (image rootfs);
+#   2. from the Go modules pinned under tools/ (each cached by a digest of its module files, build flags and Go
+#      version, in ~/.cache/mlrelease/tools, and linked into .venv/bin):
+#      - tools/kubernetes: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl;
+#      - tools/kwok: kwok (fake nodes, for machines where containers cannot run);
+#      - tools/coredns: CoreDNS with the plugins the cluster uses; tools/pause: the pods' sandbox binary;
+#      - tools/pulumi-kubernetes: pulumi-resource-kubernetes, the provider plugin the engine finds on PATH.
+# Every failure prints one line saying what failed and what to do, and exits non-zero.
+set -euo pipefail
+
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+PREFIX=cluster-tools
+VENV="$ROOT/.venv"
+TOOLS="$ROOT/tools"
+CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/mlrelease/tools"
+DEBIAN_PACKAGES=(etcd-server containerd runc containernetworking-plugins iptables conntrack mmdebstrap)
+
+# shellcheck source=scripts/lib.sh
+source "$ROOT/scripts/lib.sh"
+
+[ -x "$VENV/bin/python" ] || die ".venv is missing: run 'make setup' first"
+
+required_version() {  # required_version MODULE_DIR MODULE: the version MODULE_DIR/go.mod requires
+    awk -v m="$2" '$1 == m { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "$1/go.mod"
+}
+
+module_key() {  # module_key MODULE_DIR EXTRA...: digest of the module's files, the Go version and EXTRA
+    { cat "$1"/go.mod "$1"/go.sum "$1"/*.go 2>/dev/null; go env GOVERSION GOARCH; printf '%s\n' "${@:2}"; } \
+        | sha256sum | cut -c1-16
+}
+
+# build_cached NAME MODULE_DIR "PACKAGES" "BINARIES" [LDFLAGS]: build PACKAGES into the cache unless a build with
+# the same key is there, then link each of BINARIES into .venv/bin.
+build_cached() {
+    local name=$1 dir=$2 pkgs=$3 bins=$4 ldflags=${5:-}
+    local key out
+    key=$(module_key "$dir" "$pkgs" "$ldflags" "${CGO_ENABLED:-}")
+    out="$CACHE/$name-$key"
+    if [ ! -f "$out/.complete" ]; then
+        say "building $name from Go modules (once per pinned version; cached in $out)"
+        rm -rf "$out" && mkdir -p "$out"
+        local start=$SECONDS
+        if [[ "$pkgs" == *" "* ]]; then
+            go_build "$dir" "$pkgs" "$out/" "$ldflags"
+        else
+            go_build "$dir" "$pkgs" "$out/$bins" "$ldflags"
+        fi
+        touch "$out/.complete"
+        say "built $name in $((SECONDS - start)) s"
+    fi
+    for bin in $bins; do
+        [ -x "$out/$bin" ] || die "$out/$bin was not built: delete $out and re-run make cluster-tools"
+        ln -sfn "$out/$bin" "$VENV/bin/$bin"
+    done
+}
+
+build_kubernetes() {
+    local dir="$TOOLS/kubernetes" version minor
+    version=$(required_version "$dir" k8s.io/kubernetes)
+    [ -n "$version" ] || die "tools/kubernetes/go.mod requires no k8s.io/kubernetes version"
+    minor=$(printf '%s' "$version" | cut -d. -f2)
+    local ldflags="-X k8s.io/component-base/version.gitVersion=$version -X k8s.io/component-base/version.gitMajor=1"
+    ldflags+=" -X k8s.io/component-base/version.gitMinor=$minor -X k8s.io/component-base/version.gitTreeState=clean"
+    ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$version"
+    local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl) pkgs=""
+    for c in "${cmds[@]}"; do pkgs+="k8s.io/kubernetes/cmd/$c "; done
+    build_cached "kubernetes-$version" "$dir" "${pkgs% }" "${cmds[*]}" "$ldflags"
+}
+
+build_provider() {
+    local dir="$TOOLS/pulumi-kubernetes" sdk version pinned
+    sdk=$(required_version "$dir" github.com/pulumi/pulumi-kubernetes/sdk/v4)
+    version=${sdk#v}
+    pinned=$(sed -n 's/^pulumi-kubernetes==//p' "$ROOT/requirements.txt")
+    [ "$pinned" = "$version" ] \
+        || die "requirements.txt pins pulumi-kubernetes==$pinned but tools/pulumi-kubernetes/go.mod builds $version: make them match"
+    # The provider embeds its schema with the version set, generated from the module's own files.
+    local src
+    src=$(cd "$dir" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' github.com/pulumi/pulumi-kubernetes/provider/v4 2>/dev/null) \
+        || die "the Go module proxy did not serve pulumi-kubernetes' provider module: check GOPROXY and re-run make"
+    "$VENV/bin/python" - "$src/cmd/pulumi-resource-kubernetes" "$dir" "$version" <<'EOF'
+import json, pathlib, sys
+src, dst, version = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
+schema = json.loads((src / "schema.json").read_text())
+schema["version"] = version
+for name, data in (("schema-embed.json", schema), ("terraform-mapping-embed.json", json.loads((src / "terraform-mapping.json").read_text()))):
+    text = json.dumps(data, separators=(",", ":"))
+    if not (dst / name).exists() or (dst / name).read_text() != text:
+        (dst / name).write_text(text)
+EOF
+    build_cached "pulumi-kubernetes-$version" "$dir" . pulumi-resource-kubernetes \
+        "-X github.com/pulumi/pulumi-kubernetes/provider/v4/pkg/version.Version=$version"
+}
+
+main() {
+    install_debian_packages "${DEBIAN_PACKAGES[@]}"
+    command -v go >/dev/null || die "Go toolchain not found: install Go >= 1.26 and re-run make cluster-tools"
+    mkdir -p "$CACHE"
+    CGO_ENABLED=0 build_cached pause "$TOOLS/pause" . mlrelease-pause
+    CGO_ENABLED=0 build_cached "coredns-$(required_version "$TOOLS/coredns" github.com/coredns/coredns)" \
+        "$TOOLS/coredns" . coredns
+    build_cached "kwok-$(required_version "$TOOLS/kwok" sigs.k8s.io/kwok)" "$TOOLS/kwok" sigs.k8s.io/kwok/cmd/kwok kwok
+    build_kubernetes
+    build_provider
+    say "ready: $("$VENV/bin/kubectl" version --client 2>/dev/null | head -n1), $("$VENV/bin/pulumi-resource-kubernetes" --version 2>/dev/null || echo pulumi-resource-kubernetes)"
+}
+
+main "$@"

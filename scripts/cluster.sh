@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# scripts/cluster.sh up|down|status [--json]: the local Kubernetes cluster (docs/kubernetes.md).
+# `up` builds what is missing first (scripts/cluster-tools.sh, cached), then starts the cluster in its own network
+# namespace and prints the kubeconfig path; `down` stops every process it started and removes the namespace.
+set -euo pipefail
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+[ "$(id -u)" -eq 0 ] || { echo "cluster: error: the cluster needs root (network namespaces, cgroups): run it as root" >&2; exit 1; }
+if [ "${1:-}" = "up" ]; then
+    bash "$ROOT/scripts/setup.sh"
+    bash "$ROOT/scripts/cluster-tools.sh"
+fi
+cd "$ROOT"
+exec "$ROOT/.venv/bin/python" -m cluster "$@"

@@ -1,0 +1,61 @@
+"""kwok mode, the fallback for machines where containers cannot run: the same API server and provider, a fake
+node whose pods become Running and Ready, so resources and Pulumi's await logic still work; ``status`` says so."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from cluster import api
+from cluster.layout import Layout
+from serving.wait import wait_until
+from tests.cluster.conftest import PYTHON, ROOT
+
+pytestmark = pytest.mark.engine
+
+DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: fake, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: fake}}
+  template:
+    metadata: {labels: {app: fake}}
+    spec:
+      containers: [{name: fake, image: "mlrelease.local/never-pulled:1"}]
+"""
+
+
+def test_kwok_mode_runs_pods_on_a_fake_node_and_says_so(tmp_path) -> None:
+    layout = Layout(run=tmp_path / "run", netns="mlrelease-kwok-test")
+    env = {**os.environ, "MLRELEASE_CLUSTER_DIR": str(layout.run), "MLRELEASE_CLUSTER_NETNS": layout.netns,
+           "MLRELEASE_CLUSTER_MODE": "kwok"}  # fmt: skip
+
+    def cluster(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(PYTHON), "-m", "cluster", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+
+    try:
+        up = cluster("up")
+        assert up.returncode == 0, up.stderr
+        assert "mode kwok" in up.stdout
+        report = json.loads(cluster("status", "--json").stdout)
+        assert report["mode"] == "kwok" and report["node_ready"], report
+        assert "kubelet" not in report["processes"] and report["processes"]["kwok"]
+        api.kubectl(layout, "apply", "-f", "-", stdin=DEPLOYMENT)
+        wait_until(
+            lambda: api.get_json(layout, "deployment", "fake")["status"].get("readyReplicas") == 2,
+            60.0,
+            "kwok's pods to become Ready",
+        )
+        pods = api.get_json(layout, "pods", "-l", "app=fake")["items"]
+        assert {p["spec"]["nodeName"] for p in pods} == {"mlrelease-kwok-node"}
+        assert all(p["status"]["podIP"].startswith("10.245.") for p in pods)  # kwok's CIDR, not the host's
+    finally:
+        down = cluster("down")
+    assert down.returncode == 0, down.stderr
+    assert not layout.netns_path.exists()
+    assert cluster("status").returncode == 3

@@ -1,0 +1,3 @@
+module github.com/mlrelease/mlrelease/tools/pause
+
+go 1.26.0
