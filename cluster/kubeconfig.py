@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from cluster.files import write_if_changed
 from cluster.layout import API_PORT, Layout
 
 CLUSTER = "mlrelease-local"
@@ -20,9 +21,7 @@ def write(path: Path, server: str, ca: Path, user: dict[str, str]) -> None:
         "contexts": [{"name": CLUSTER, "context": {"cluster": CLUSTER, "user": "user", "namespace": "default"}}],
         "current-context": CLUSTER,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    path.chmod(0o600)
+    write_if_changed(path, yaml.safe_dump(config, sort_keys=False), mode=0o600)
 
 
 def write_component(layout: Layout, name: str) -> Path:

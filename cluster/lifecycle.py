@@ -17,11 +17,12 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from cluster import api, control_plane, images, netns, node, processes
+from cluster import api, control_plane, images, netns, node, probe, processes
 from cluster.layout import MODES, NODE_NAME, Layout
 from cluster.netns import ClusterError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+STOP_GRACE = 3.0
 
 
 @dataclass
@@ -57,22 +58,6 @@ def _requested_mode() -> str:
     return mode
 
 
-def _real_node_unsupported() -> str:
-    """Why this machine cannot run containers, or "" when it should."""
-    for tool in ("/usr/bin/containerd", "/usr/sbin/runc"):
-        if not Path(tool).exists():
-            return f"{tool} is not installed"
-    if not (CGROUP_ROOT / "memory").is_dir() and not (CGROUP_ROOT / "cgroup.controllers").exists():
-        return "no cgroup hierarchy is mounted"
-    probe = CGROUP_ROOT / "pids" / "mlrelease-probe"
-    try:
-        probe.mkdir(exist_ok=True)
-        probe.rmdir()
-    except OSError as exc:
-        return f"cgroups are not writable ({exc.strerror})"
-    return ""
-
-
 def up(layout: Layout) -> State:
     requested = _requested_mode()
     layout.run.mkdir(parents=True, exist_ok=True)
@@ -85,18 +70,14 @@ def up(layout: Layout) -> State:
     state.save(layout)
     mode = state.mode or requested
     if mode in ("auto", "real"):
-        reason = _real_node_unsupported()
+        reason = probe.why_containers_cannot_run(layout)
         if not reason:
-            wanted = images.all_images()  # a failed build is an error to fix, never a reason to fall back
-            try:
-                state.images = node.up_real(layout, wanted)
-                state.mode = "real"
-            except (ClusterError, TimeoutError) as exc:
-                if mode == "real":
-                    raise
-                reason = str(exc)
-                node.down_real(layout)
-        if reason:
+            # From here a failure (an image build, a node that never becomes Ready) is an error to fix, never a
+            # reason to fall back: kwok would hide it.
+            state.images = node.up_real(layout, images.all_images())
+            state.mode = "real"
+            mode = "real"
+        else:
             if mode == "real":
                 raise ClusterError(f"a real node cannot run here: {reason}; use MLRELEASE_CLUSTER_MODE=kwok")
             state.fallback_reason = reason
@@ -142,9 +123,11 @@ def down(layout: Layout) -> list[str]:
     """Stop everything; return the global sysctls that had to be written back."""
     state = State.load(layout)
     node.down_real(layout)
-    processes.stop(layout, list(reversed(processes.recorded(layout))))
+    # Everything down removes is discarded (etcd's data included), so a short grace is enough; the API server
+    # otherwise waits out its watch clients for many seconds after SIGTERM.
+    processes.stop(layout, list(reversed(processes.recorded(layout))), timeout=STOP_GRACE)
     cgroups = _pod_cgroups()
-    processes.terminate(_pids_in_cgroups(cgroups) + netns.pids_inside(layout), timeout=5.0)
+    processes.terminate(_pids_in_cgroups(cgroups) + netns.pids_inside(layout), timeout=STOP_GRACE)
     for point in _mounts_under(layout.run):
         subprocess.run(["umount", "-l", point], capture_output=True)
     for d in cgroups:

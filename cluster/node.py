@@ -21,6 +21,7 @@ import subprocess
 import yaml
 
 from cluster import api, images, kubeconfig, processes
+from cluster.files import write_if_changed
 from cluster.layout import (
     CLUSTER_DOMAIN,
     DNS_SERVICE_IP,
@@ -71,7 +72,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     conf_dir = "{layout.run / "cni" / "net.d"}"
 """
     path = base / "config.toml"
-    path.write_text(config)
+    write_if_changed(path, config)
     return str(path)
 
 
@@ -98,7 +99,7 @@ def _write_cni_config(layout: Layout) -> None:
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
-    (conf_dir / "10-mlrelease.conflist").write_text(json.dumps(conflist, indent=2))
+    write_if_changed(conf_dir / "10-mlrelease.conflist", json.dumps(conflist, indent=2))
 
 
 def _ctr(layout: Layout, *args: str) -> str:
@@ -144,9 +145,9 @@ def _start_kubelet(layout: Layout) -> None:
         "imageGCLowThresholdPercent": 99,
         "serializeImagePulls": False,
     }
-    (layout.run / "resolv.conf").write_text(f"search {CLUSTER_DOMAIN}\nnameserver {DNS_SERVICE_IP}\n")
+    write_if_changed(layout.run / "resolv.conf", f"search {CLUSTER_DOMAIN}\nnameserver {DNS_SERVICE_IP}\n")
     path = layout.run / "kubelet.yaml"
-    path.write_text(yaml.safe_dump(config))
+    write_if_changed(path, yaml.safe_dump(config))
     processes.start(
         layout,
         "kubelet",
@@ -173,7 +174,7 @@ def _start_kube_proxy(layout: Layout) -> None:
         "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
     }
     path = layout.run / "kube-proxy.yaml"
-    path.write_text(yaml.safe_dump(config))
+    write_if_changed(path, yaml.safe_dump(config))
     processes.start(layout, "kube-proxy", [str(binary("kube-proxy")), f"--config={path}", "--v=1"])
 
 

@@ -108,7 +108,7 @@ main() {
     build_cached "kwok-$(required_version "$TOOLS/kwok" sigs.k8s.io/kwok)" "$TOOLS/kwok" sigs.k8s.io/kwok/cmd/kwok kwok
     build_kubernetes
     build_provider
-    say "ready: $("$VENV/bin/kubectl" version --client 2>/dev/null | head -n1), $("$VENV/bin/pulumi-resource-kubernetes" --version 2>/dev/null || echo pulumi-resource-kubernetes)"
+    say "ready: Kubernetes $(required_version "$TOOLS/kubernetes" k8s.io/kubernetes), pulumi-resource-kubernetes $(required_version "$TOOLS/pulumi-kubernetes" github.com/pulumi/pulumi-kubernetes/sdk/v4), in .venv/bin"
 }
 
 main "$@"
