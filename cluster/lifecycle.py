@@ -23,6 +23,12 @@ from cluster.netns import ClusterError
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 STOP_GRACE = 3.0
+# Host paths containerd, the CNI plugins and kubelet create whatever they are configured with (containerd 1.6's
+# shim sockets, libcni's result cache, kubelet's device-plugin directory). ``down`` removes those that did not
+# exist before the first ``up``.
+FIXED_HOST_PATHS = ("/run/containerd", "/var/lib/cni", "/var/lib/kubelet")
+# kubelet links every container's log here, into the run directory; ``down`` removes the links that point there.
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
 
 
 @dataclass
@@ -31,6 +37,7 @@ class State:
     port: int = 0
     sysctls: dict[str, str] = field(default_factory=dict)
     netns_before: list[str] = field(default_factory=list)
+    host_paths_created: list[str] = field(default_factory=list)
     images: dict[str, str] = field(default_factory=dict)
     fallback_reason: str = ""
 
@@ -63,7 +70,11 @@ def up(layout: Layout) -> State:
     layout.run.mkdir(parents=True, exist_ok=True)
     state = State.load(layout)
     if state is None:
-        state = State(sysctls=netns.read_sysctls(), netns_before=_netns_names())
+        state = State(
+            sysctls=netns.read_sysctls(),
+            netns_before=_netns_names(),
+            host_paths_created=[p for p in (*FIXED_HOST_PATHS, str(CONTAINER_LOG_LINKS)) if not Path(p).exists()],
+        )
         state.save(layout)
     netns.create(layout)
     state.port = control_plane.up(layout)
@@ -138,9 +149,21 @@ def down(layout: Layout) -> list[str]:
         if name.startswith("cni-") and name not in before:
             subprocess.run(["ip", "netns", "delete", name], capture_output=True)
     netns.delete(layout)
+    _remove_host_leftovers(layout, state)
     restored = netns.restore_sysctls(state.sysctls) if state else []
     shutil.rmtree(layout.run, ignore_errors=True)
     return restored
+
+
+def _remove_host_leftovers(layout: Layout, state: State | None) -> None:
+    run_dir = str(layout.run.resolve())
+    if CONTAINER_LOG_LINKS.is_dir():
+        for link in CONTAINER_LOG_LINKS.iterdir():
+            if link.is_symlink() and os.readlink(link).startswith(run_dir):
+                link.unlink()
+    for path in state.host_paths_created if state else []:
+        if Path(path).is_dir() and (path != str(CONTAINER_LOG_LINKS) or not any(Path(path).iterdir())):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def status(layout: Layout) -> dict:

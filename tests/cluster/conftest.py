@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cluster.layout import ROOT, Layout
+from cluster.lifecycle import CONTAINER_LOG_LINKS, FIXED_HOST_PATHS
 from cluster.netns import read_sysctls
 
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -31,6 +32,7 @@ class HostNetwork:
     links: str
     netns: list[str]
     sysctls: dict[str, str]
+    host_paths: dict[str, list[str]]  # what exists in the fixed paths kubelet and containerd write to
 
     @classmethod
     def capture(cls) -> HostNetwork:
@@ -46,6 +48,10 @@ class HostNetwork:
             links=links,
             netns=sorted(netns),
             sysctls=read_sysctls(),
+            host_paths={
+                p: sorted(os.listdir(p)) if Path(p).is_dir() else []
+                for p in (*FIXED_HOST_PATHS, str(CONTAINER_LOG_LINKS))
+            },
         )
 
 

@@ -272,6 +272,7 @@ def test_down_stops_every_process_and_restores_the_host(cluster: Cluster, host_b
     assert after.routes == host_before.routes
     assert after.links == host_before.links
     assert after.sysctls == host_before.sysctls
+    assert after.host_paths == host_before.host_paths, "containerd, CNI or kubelet files were left on the host"
     assert not any(Path("/sys/fs/cgroup").glob("*/kubepods")), "kubelet's pod cgroups were left behind"
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(cluster.layout.run) not in mounts
