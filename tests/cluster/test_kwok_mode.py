@@ -59,3 +59,15 @@ def test_kwok_mode_runs_pods_on_a_fake_node_and_says_so(tmp_path) -> None:
     assert down.returncode == 0, down.stderr
     assert not layout.netns_path.exists()
     assert cluster("status").returncode == 3
+
+
+def test_an_unknown_mode_is_refused_in_one_line_before_anything_starts(tmp_path) -> None:
+    layout = Layout(run=tmp_path / "run", netns="mlrelease-bad-mode-test")
+    env = {**os.environ, "MLRELEASE_CLUSTER_DIR": str(layout.run), "MLRELEASE_CLUSTER_NETNS": layout.netns,
+           "MLRELEASE_CLUSTER_MODE": "minikube"}  # fmt: skip
+    up = subprocess.run([str(PYTHON), "-m", "cluster", "up"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert up.returncode == 1
+    assert up.stderr.strip().splitlines() == [
+        "cluster: error: MLRELEASE_CLUSTER_MODE='minikube' is not one of auto, real, kwok: unset it or pick one"
+    ]
+    assert not layout.netns_path.exists() and not layout.run.exists()
