@@ -4,7 +4,7 @@
 # do. Idempotent; a second run takes seconds.
 #
 #   1. Debian packages: etcd, containerd, runc, CNI plugins, iptables (used only inside the cluster's network
-#      namespace), conntrack, mmdebstrap (image rootfs);
+#      namespace), conntrack, mmdebstrap (image rootfs), iproute2 (ip netns) and openssl (certificates);
 #   2. from the Go modules pinned under tools/ (each cached by a digest of its module files, build flags and Go
 #      version, in ~/.cache/mlrelease/tools, and linked into .venv/bin):
 #      - tools/kubernetes: kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, kubectl;
@@ -19,7 +19,7 @@ PREFIX=cluster-tools
 VENV="$ROOT/.venv"
 TOOLS="$ROOT/tools"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/mlrelease/tools"
-DEBIAN_PACKAGES=(etcd-server containerd runc containernetworking-plugins iptables conntrack mmdebstrap)
+DEBIAN_PACKAGES=(etcd-server containerd runc containernetworking-plugins iptables conntrack mmdebstrap iproute2 openssl)
 
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"
