@@ -69,6 +69,13 @@ def up(layout: Layout) -> State:
     requested = _requested_mode()
     layout.run.mkdir(parents=True, exist_ok=True)
     state = State.load(layout)
+    if state is None and netns.pids_inside(layout):
+        # Another cluster (another run directory) lives in this namespace: starting here would share its node
+        # address and its pods' cgroups, and this run's ``down`` would stop it.
+        raise ClusterError(
+            f"network namespace {layout.netns} is in use by a cluster whose run directory is not {layout.run}: "
+            "run 'down' with that MLRELEASE_CLUSTER_DIR first, or set another MLRELEASE_CLUSTER_NETNS"
+        )
     if state is None:
         state = State(
             sysctls=netns.read_sysctls(),
@@ -170,7 +177,7 @@ def status(layout: Layout) -> dict:
     state = State.load(layout)
     procs = {name: processes.pid_of(layout, name) for name in processes.recorded(layout)}
     report = {
-        "up": bool(state) and netns.exists(layout) and api.ready(layout) if layout.kubeconfig.exists() else False,
+        "up": state is not None and netns.exists(layout) and layout.kubeconfig.exists() and api.ready(layout),
         "mode": state.mode if state else "",
         "netns": layout.netns if netns.exists(layout) else "",
         "kubeconfig": str(layout.kubeconfig) if layout.kubeconfig.exists() else "",

@@ -15,8 +15,8 @@ Settings that matter on these machines, each found the hard way:
 
 from __future__ import annotations
 
+import contextlib
 import json
-import subprocess
 
 import yaml
 
@@ -305,16 +305,12 @@ def up_real(layout: Layout, wanted: list[images.Image]) -> dict[str, str]:
 def down_real(layout: Layout) -> None:
     processes.stop(layout, ["kubelet", "kube-proxy"])
     if processes.pid_of(layout, "containerd") is not None:
-        # Stop every container before containerd itself, so no shim or workload outlives the node.
-        try:
+        # Stop every container before containerd itself, so no shim or workload outlives the node. A task that
+        # is already gone, or a containerd that no longer answers, leaves nothing for ctr to kill.
+        with contextlib.suppress(ClusterError):
             for task in _ctr(layout, "tasks", "ls", "-q").split():
-                subprocess.run(
-                    ["ctr", f"--address={_containerd_socket(layout)}", "--namespace=k8s.io", "tasks", "kill", "-s",
-                     "SIGKILL", task],
-                    capture_output=True,
-                )  # fmt: skip
-        except ClusterError:
-            pass
+                with contextlib.suppress(ClusterError):
+                    _ctr(layout, "tasks", "kill", "-s", "SIGKILL", task)
     processes.stop(layout, ["containerd"])
 
 

@@ -71,3 +71,21 @@ def test_an_unknown_mode_is_refused_in_one_line_before_anything_starts(tmp_path)
         "cluster: error: MLRELEASE_CLUSTER_MODE='minikube' is not one of auto, real, kwok: unset it or pick one"
     ]
     assert not layout.netns_path.exists() and not layout.run.exists()
+
+
+def test_a_namespace_used_by_another_cluster_is_refused_and_left_running(tmp_path) -> None:
+    netns = "mlrelease-taken-test"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    other = subprocess.Popen(["ip", "netns", "exec", netns, "sleep", "600"])
+    try:
+        env = {**os.environ, "MLRELEASE_CLUSTER_DIR": str(tmp_path / "run"), "MLRELEASE_CLUSTER_NETNS": netns}
+        up = subprocess.run([str(PYTHON), "-m", "cluster", "up"], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert up.returncode == 1
+        assert len(up.stderr.strip().splitlines()) == 1
+        assert f"network namespace {netns} is in use by a cluster" in up.stderr
+        assert other.poll() is None, "up stopped the other cluster's process"
+        assert not (tmp_path / "run" / "state.json").exists()
+    finally:
+        other.kill()
+        other.wait()
+        subprocess.run(["ip", "netns", "delete", netns], check=False)
