@@ -10,8 +10,13 @@ export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION := true
 setup:
 	@bash scripts/setup.sh
 
+# make demo TARGET=kubernetes: the same story on the local Kubernetes cluster (started first, needs root).
+TARGET ?= local
 demo: setup
-	$(PY) -m automation.demo
+ifeq ($(TARGET),kubernetes)
+	@bash scripts/cluster.sh up
+endif
+	$(PY) -m automation.demo --target $(TARGET)
 
 test: setup cluster-tools lint
 	$(PY) -m pytest

@@ -7,19 +7,23 @@ import pulumi
 from components.deployment import ModelDeployment
 from components.spec import SpecError, load_spec
 from components.stack_config import namespace_config
-
-try:
-    spec = load_spec(namespace_config())
-except SpecError as exc:
-    raise pulumi.RunError(str(exc)) from None
+from components.targets import factory
+from components.targets.base import TargetError
 
 stack = pulumi.get_stack()
+project_dir = Path(__file__).resolve().parent
+try:
+    spec = load_spec(namespace_config())
+    factory.check(spec, project_dir, stack)
+except (SpecError, TargetError) as exc:
+    raise pulumi.RunError(str(exc)) from None
+
 # The stack's own outputs hold its last verified release: the incumbent of this one.
 this_stack = pulumi.StackReference(f"{pulumi.get_organization()}/{pulumi.get_project()}/{stack}")
 deployment = ModelDeployment(
     "release",
     spec,
-    project_dir=Path(__file__).resolve().parent,
+    project_dir=project_dir,
     stack=stack,
     verified=this_stack.get_output("verified"),
 )

@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote
 
 from pydantic import BaseModel, Field
 
+from automation.backend_files import PROJECT_NAME, backend_root
 from components.spec import NAMESPACE, CanarySpec
 
 # The ModelDeployment's name in __main__.py: its resources are release-gates, release-versions, ...
@@ -96,19 +96,19 @@ def parse_time(text: str) -> datetime:
 
 def history_dir(backend_url: str, project: str, stack: str) -> Path:
     """The directory of ``stack``'s per-update records in a ``file://`` backend."""
-    if not backend_url.startswith("file://"):
+    root = backend_root(backend_url)
+    if root is None:
         raise AuditError(
             f"audit reads per-update checkpoints from a file:// backend; {backend_url} is not one: copy the"
             " backend's .pulumi directory to a local dir and pass file://<dir> as PULUMI_BACKEND_URL"
         )
-    root = Path(unquote(backend_url.removeprefix("file://").split("?", 1)[0])).expanduser()
     directory = root / ".pulumi" / "history" / project / stack
     if not directory.is_dir():
         raise AuditError(_no_history(stack, backend_url))
     return directory
 
 
-def audit(backend_url: str, stack: str, at: datetime, *, project: str = "mlrelease") -> AuditReport:
+def audit(backend_url: str, stack: str, at: datetime, *, project: str = PROJECT_NAME) -> AuditReport:
     """What served on ``stack`` at ``at`` (timezone-aware), from the backend's per-update records."""
     if at.utcoffset() is None:
         raise AuditError(f"audit time {at.isoformat()} has no timezone: give an offset or Z (parse_time adds UTC)")
@@ -395,7 +395,9 @@ def _digests(updates: list[_Update]) -> dict[str, str]:
     found: dict[str, str] = {}
     for update in updates:
         versions, checkpoint, gates = (update.outputs(r) for r in ("versions", "checkpoint", "gates"))
-        refs = [versions.get("candidate"), versions.get("warm"), *(versions.get("deployed") or {}).values()]
+        refs = [versions.get(k) for k in ("candidate", "warm", "standby")] + [
+            *(versions.get("deployed") or {}).values()
+        ]
         refs += [checkpoint.get("live"), checkpoint.get("previous"), gates.get("candidate"), gates.get("incumbent")]
         refs += [update.restore, update.config.get("model")]
         for ref in refs:

@@ -59,11 +59,11 @@ def _emit(report: BaseModel, as_json: bool, lines: list[str]) -> None:
             out.print(line, markup=False)
 
 
-def _context(stack: str, project_dir: Path) -> StackContext:
+def _context(stack: str, project_dir: Path, *, select: bool = True) -> StackContext:
     from automation.stack import StackContext  # heavy (engine, target): only the commands that drive a stack
 
     try:
-        return StackContext(stack, project_dir=project_dir)
+        return StackContext(stack, project_dir=project_dir, select=select)
     except CommandFailed as exc:
         raise _fail(exc, exc.exit_code) from None
 
@@ -196,7 +196,7 @@ def rollback(
     """Back to the last verified previous release: traffic first, then its recorded config converged. Idempotent."""
     from automation.release import rollback as run
 
-    ctx = _context(stack, project_dir)
+    ctx = _context(stack, project_dir, select=False)  # traffic moves before the engine is asked anything
     try:
         report = run(ctx, reason, _say)
     except CommandFailed as exc:

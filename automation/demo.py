@@ -1,5 +1,9 @@
 """``make demo``: a release story on the embedded local default, with the real engine and real servers.
 
+``make demo TARGET=kubernetes`` tells the same story on the local Kubernetes cluster (``make cluster-up``, which
+that variant runs first): the stack ``demo-k8s`` releases into the namespace ``mlrelease-demo`` with two router
+replicas, every object created by pulumi-kubernetes and every request sent through the API server.
+
 On a ``demo`` stack of the local ``file://`` backend it deploys v1, promotes v2 through every canary step,
 blocks a worse candidate at a gate (the preview fails; state and traffic stay as they were), catches a
 divergent candidate in the canary (traffic returns to v2 at once), printing each verdict, and rolls back to
@@ -23,12 +27,16 @@ from rich.console import Console
 from automation.engine import PROJECT_DIR, select_stack
 from automation.release import rollback
 from automation.stack import StackContext
-from components.targets.local import LocalTarget
+from components.targets import factory
+from components.targets.base import Target
+from components.targets.kube_api import KubeAPI
 from serving.sample_models import SampleModels, build_sample_models
 from serving.sample_windows import build_sample_windows
 
 SAMPLE_DIR = PROJECT_DIR / ".mlrelease" / "sample"
 STACK = "demo"
+K8S_STACK = "demo-k8s"
+K8S_NAMESPACE = "mlrelease-demo"
 console = Console(highlight=False)
 
 
@@ -73,7 +81,31 @@ def show_steps(stack: auto.Stack) -> None:
         console.print(f"    [green]step {verdict['step']} ({verdict['weight']:g}%)[/]: {verdict['explanation']}")
 
 
-def routes(target: LocalTarget) -> str:
+def kubernetes_section(stack: str) -> dict[str, Any]:
+    """``mlrelease:kubernetes`` for the local cluster (its kubeconfig and image), its namespace created."""
+    from cluster.layout import Layout
+
+    layout = Layout.default()
+    try:
+        state = json.loads(layout.state_file.read_text())
+    except FileNotFoundError:
+        raise SystemExit(
+            "demo: the local cluster is not up: run `make cluster-up` (make demo TARGET=kubernetes does)"
+        ) from None
+    kube = KubeAPI(layout.kubeconfig, None, PROJECT_DIR / ".mlrelease" / "run" / stack / "kube")
+    if kube.get(f"/api/v1/namespaces/{K8S_NAMESPACE}") is None:
+        body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": K8S_NAMESPACE}}
+        kube.checked(kube.request("POST", "/api/v1/namespaces", json=body), f"create namespace {K8S_NAMESPACE}")
+    return {
+        "kubeconfig": str(layout.kubeconfig),
+        "namespace": K8S_NAMESPACE,
+        "image": state["images"]["mlrelease"],
+        "image_pull_policy": "Never",
+        "router_replicas": 2,
+    }
+
+
+def routes(target: Target) -> str:
     live = target.routes()
     return (
         ", ".join(f"{version} {weight:g}%" for version, weight in live.weights.items()) + f" (primary {live.primary})"
@@ -89,15 +121,18 @@ def failure_line(exc: auto.CommandError) -> str:
     return "see `pulumi stack history`"
 
 
-def run(keep: bool) -> int:
+def run(keep: bool, target_kind: str = "local") -> int:
     started = time.monotonic()
-    console.rule("mlrelease demo: local target, real Pulumi engine, real model servers")
+    console.rule(f"mlrelease demo: {target_kind} target, real Pulumi engine, real model servers")
     built = build_sample_models(SAMPLE_DIR)
     build_sample_windows(built.holdout.parent)
     console.print(f"sample models and data built in {SAMPLE_DIR.relative_to(PROJECT_DIR)}")
-    stack = select_stack(STACK)
-    target = LocalTarget.for_stack(PROJECT_DIR, STACK)
+    name = K8S_STACK if target_kind == "kubernetes" else STACK
+    stack = select_stack(name)
     config = base_config()
+    if target_kind == "kubernetes":
+        config.update(target="kubernetes", kubernetes=kubernetes_section(name))
+        console.print(f"release objects go to namespace {K8S_NAMESPACE} of the local cluster (make cluster-status)")
     stack.destroy(on_output=lambda _line: None)  # a kept earlier demo: start the story from nothing
     ok = True
     try:
@@ -105,6 +140,7 @@ def run(keep: bool) -> int:
         console.print(f"\n[bold]1. deploy {version}[/] (first release: absolute gates, then 100 %)")
         stack.up(on_output=lambda _line: None)
         show_gates(stack)
+        target = factory.for_config(PROJECT_DIR, name, config)
         console.print(f"    live: {routes(target)}")
 
         version = configure(stack, config, built, "good")
@@ -131,7 +167,7 @@ def run(keep: bool) -> int:
             after = routes(target)
             console.print(f"    live: {after}" + ("  (unchanged)" if after == before else ""))
         console.print("\n[bold]5. roll back[/] to the verified previous release (traffic first, then state)")
-        report = rollback(StackContext(STACK), "demo: operator rollback", lambda _line: None)
+        report = rollback(StackContext(name), "demo: operator rollback", lambda _line: None)
         traffic = "with the converge" if report.traffic_seconds is None else f"in {report.traffic_seconds:.2f}s"
         console.print(
             f"    [green]{report.outcome}[/]: traffic on {report.restored['version']} {traffic},"
@@ -154,7 +190,9 @@ def run(keep: bool) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="leave the demo stack running at the end")
-    sys.exit(run(parser.parse_args().keep))
+    parser.add_argument("--target", choices=("local", "kubernetes"), default="local", help="where to release")
+    args = parser.parse_args()
+    sys.exit(run(args.keep, args.target))
 
 
 if __name__ == "__main__":

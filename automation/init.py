@@ -111,6 +111,7 @@ COMMENTS = {
     "canary.bake_seconds": "minimum time per step",
     "canary.min_pairs": "shadow pairs (same input, both versions) a step needs",
     "canary.max_bake_seconds": "too few pairs by then fails the step: missing telemetry is never healthy",
+    "canary.lease_seconds": "a step's split reverts to the incumbent unless the step renews it this often",
     "canary.shadow_fraction": "share of requests mirrored to the other version",
     "canary.synthetic_rps": "local target: replay held-out rows through the router (0: real clients only)",
     "canary.max_pairs": "a step decides by this many pairs at the latest",

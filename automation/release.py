@@ -23,10 +23,14 @@ from typing import Any, Literal
 from pulumi import automation as auto
 from pydantic import BaseModel, Field
 
+from automation.backend_files import PROJECT_NAME, stack_outputs
 from automation.errors import CommandFailed
 from automation.lock import LockBusy, ReleaseLock
 from automation.stack import EngineProgress, Say, StackContext
+from automation.stack_file import StackFile, StackFileError
 from components.spec import SpecError, load_spec, resolve
+from components.stack_config import namespaced
+from components.targets import factory
 from components.targets.base import Routes, Target, TargetError
 from serving.artifacts import ArtifactDigestError, ModelDirError, artifact_digest, read_settings
 from serving.v2 import DEFAULT_OUTPUT, OutputSpec
@@ -258,6 +262,12 @@ def _as_written(recorded: dict[str, Any], written: dict[str, Any], effective: di
     return kept
 
 
+def restore_finished(marker: dict[str, Any], verified: dict[str, Any]) -> bool:
+    """Does the verified checkpoint show the release a restore marker names as live (the rollback finished)?"""
+    live = verified.get("live") or {}
+    return (live.get("version"), live.get("sha256")) == (marker.get("version"), marker.get("sha256"))
+
+
 def _plan(ctx: StackContext, reason: str) -> tuple[dict[str, Any], bool]:
     """The config to converge to (with its restore marker) and whether the stack is restored already."""
     config = ctx.config()
@@ -265,8 +275,7 @@ def _plan(ctx: StackContext, reason: str) -> tuple[dict[str, Any], bool]:
     live = verified.get("live") or {}
     marker = config.get("restore")
     if marker:  # an earlier rollback wrote it: finish or confirm that one
-        done = (live.get("version"), live.get("sha256")) == (marker["version"], marker["sha256"])
-        return config, done
+        return config, restore_finished(marker, verified)
     previous, record = verified.get("previous"), verified.get("previous_release") or {}
     if not previous or not record.get("config"):
         raise CommandFailed(
@@ -303,14 +312,41 @@ def rollback(
         raise CommandFailed(str(exc)) from None
 
 
+def _recorded_previous(ctx: StackContext) -> tuple[str, Target] | None:
+    """The version a rollback restores and the target serving it, from files alone: the backend's latest
+    checkpoint (its ``verified`` output) and the stack file (its target, and an earlier rollback's marker).
+
+    None when they cannot say (not a file:// backend, no verified predecessor, a config that names no reachable
+    target): the rollback then asks the engine, as it always does afterwards to converge.
+    """
+    outputs = stack_outputs(ctx.env["PULUMI_BACKEND_URL"], PROJECT_NAME, ctx.name)
+    try:
+        config = namespaced(StackFile(ctx.config_file).config())
+    except StackFileError:
+        return None
+    marker = config.get("restore") if isinstance(config.get("restore"), dict) else {}
+    previous = ((outputs or {}).get("verified") or {}).get("previous") or {}
+    version = marker.get("version") or previous.get("version")
+    if not outputs or not isinstance(version, str):
+        return None
+    try:
+        return version, factory.for_config(ctx.project_dir, ctx.name, config)
+    except TargetError:
+        return None
+
+
 def _rollback(ctx: StackContext, reason: str, say: Say, fired_at: float, warm: str | None) -> RollbackReport:
     clock = time.monotonic()
     moved: str | None = None
     traffic_seconds = moved_at = None
-    if warm is not None:
+    # First, before the engine: all traffic onto the restored version if it is serving already (one router
+    # call). The watcher knows that version; the CLI reads it from the backend's files.
+    first = (warm, ctx.target) if warm is not None else _recorded_previous(ctx)
+    if first is not None:
         with contextlib.suppress(TargetError):
-            move_traffic(ctx.target, warm, None, None)
-            moved, moved_at, traffic_seconds = warm, time.time(), time.time() - fired_at
+            move_traffic(first[1], first[0], None, None)
+            moved, moved_at, traffic_seconds = first[0], time.time(), time.time() - fired_at
+            say(f"traffic: 100% on {moved} after {traffic_seconds:.2f}s, before any engine call")
     config, done = _plan(ctx, reason)
     marker = config["restore"]
     version = marker["version"]
@@ -324,7 +360,8 @@ def _rollback(ctx: StackContext, reason: str, say: Say, fired_at: float, warm: s
             traffic_seconds = None
             say(f"traffic could not move first ({exc}); the converge moves it")
     if traffic_seconds is not None:
-        say(f"traffic: 100% on {version} after {traffic_seconds:.2f}s")
+        if moved != version:
+            say(f"traffic: 100% on {version} after {traffic_seconds:.2f}s")
         if marker.get("traffic_moved_at") is None:
             marker["traffic_moved_at"] = moved_at
     if done:

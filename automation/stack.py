@@ -8,6 +8,7 @@ events into the few things an operator watches: gate results, the current step a
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import socket
@@ -24,8 +25,8 @@ from automation.errors import CommandFailed
 from automation.stack_file import StackFile, StackFileError, same_value
 from components.spec import NAMESPACE
 from components.stack_config import namespaced
-from components.targets.base import TargetError
-from components.targets.local import LocalTarget
+from components.targets import factory
+from components.targets.base import Target, TargetError
 
 PREFIX = f"{NAMESPACE}:"
 # How the engine prints a provider's check failure: "<type> resource '<name>' has a problem: <reason>" (with a
@@ -44,20 +45,35 @@ class ConfigWrite(NamedTuple):
 class StackContext:
     """An existing stack of the mlrelease project in ``project_dir`` and the target it releases to."""
 
-    def __init__(self, name: str, *, project_dir: Path = PROJECT_DIR, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, *, project_dir: Path = PROJECT_DIR, env: Mapping[str, str] | None = None, select: bool = True
+    ) -> None:
+        """``select=False`` defers the engine's ``stack select`` to the first use of ``stack`` (a rollback moves
+        traffic from the backend's files first); otherwise a missing stack fails here."""
         self.name, self.project_dir = name, Path(project_dir)
         self.env = engine_env(env)
+        if select:
+            _ = self.stack
+
+    @functools.cached_property
+    def stack(self) -> auto.Stack:
+        """The Automation API handle of the stack (one ``pulumi stack select``)."""
         try:
-            self.stack = select_stack(name, work_dir=self.project_dir, env=self.env, create=False)
+            return select_stack(self.name, work_dir=self.project_dir, env=self.env, create=False)
         except auto.StackNotFoundError:
             raise CommandFailed(
-                f"stack {name!r} does not exist in {self.env['PULUMI_BACKEND_URL']}: check --stack and"
-                f" PULUMI_BACKEND_URL, or create it with `pulumi stack init {name}` and its Pulumi.{name}.yaml",
+                f"stack {self.name!r} does not exist in {self.env['PULUMI_BACKEND_URL']}: check --stack and"
+                f" PULUMI_BACKEND_URL, or create it with `pulumi stack init {self.name}` and its"
+                f" Pulumi.{self.name}.yaml",
                 2,
             ) from None
         except EngineMissing as exc:
             raise CommandFailed(str(exc), 2) from None
-        self.target = LocalTarget.for_stack(self.project_dir, name)
+
+    @functools.cached_property
+    def target(self) -> Target:
+        """The target the stack's config names (read once per command)."""
+        return factory.for_config(self.project_dir, self.name, self.config())
 
     # -- config ------------------------------------------------------------------------------------
 
@@ -185,7 +201,7 @@ class EngineProgress:
                 self.baking = None
                 self.say(f"step {verdict['step']} passed: {verdict['explanation']}")
 
-    def follow(self, target: LocalTarget, stop: threading.Event, every: float = 3.0) -> None:
+    def follow(self, target: Target, stop: threading.Event, every: float = 3.0) -> None:
         """While a step bakes, report the live split and the shadow pairs collected so far (run in a thread)."""
         cursor, counted, step = None, 0, None
         while not stop.wait(every):

@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from automation.errors import CommandFailed
 from automation.lock import holder
-from automation.release import RollbackReport, rollback
+from automation.release import RollbackReport, restore_finished, rollback
 from automation.stack import Say, StackContext
 from components.spec import ReleaseSpec, SpecError, load_spec
 from components.targets.base import PairCursor, TargetError
@@ -109,6 +109,10 @@ class Watcher:
         self.pairs: deque[tuple[float, float, float]] = deque()
         verified = self.ctx.verified() or {}
         self.verified_previous = (verified.get("previous") or {}).get("version")
+        # A restore marker the verified live version does not match: a rollback (ours, killed, or a CLI one) was
+        # interrupted after it moved traffic; finishing it comes before judging anything.
+        marker = self.ctx.config().get("restore")
+        self.interrupted = marker if isinstance(marker, dict) and not restore_finished(marker, verified) else None
 
     def _write(self) -> None:
         path = state_path(self.ctx.project_dir, self.ctx.name)
@@ -187,13 +191,24 @@ class Watcher:
 
     def fire(self, verdict: HealthVerdict) -> None:
         """Roll back now; ``fired_at`` is the decision's time (a look's reads take up to a scrape interval)."""
-        now = time.time()
         breach = "; ".join(s.explanation for s in verdict.breached)
         self.say(f"BREACH on {self.state.live}: {breach}: rolling back")
+        self._roll_back(f"watch: {breach}", breach, self.state.previous)
+
+    def finish_interrupted(self, marker: dict[str, Any]) -> None:
+        """Finish a rollback that was killed after it moved traffic: the same restore, converged once (its
+        marker names the version, so no second rollback to an older one can follow from it)."""
+        self.say(f"an interrupted rollback to {marker.get('version')} from {marker.get('from_version')}: finishing it")
+        self._roll_back(
+            str(marker.get("reason") or "watch"), f"finished an interrupted rollback: {marker.get('reason')}", None
+        )
+
+    def _roll_back(self, reason: str, breach: str, warm: str | None) -> None:
+        now = time.time()
         self.state = self.state.model_copy(update={"phase": "fired", "fired_at": now, "breach": breach})
         self._write()
         try:
-            report = rollback(self.ctx, f"watch: {breach}", self.say, fired_at=now, warm=self.state.previous)
+            report = rollback(self.ctx, reason, self.say, fired_at=now, warm=warm)
         except CommandFailed as exc:
             self.state = self.state.model_copy(update={"phase": "failed", "error": str(exc)})
             self._write()
@@ -228,7 +243,10 @@ class Watcher:
                         self.spec = self._spec()
                         self._fresh(time.time())
                         self.say("resumed")
-                    self.look()
+                    if self.interrupted is not None:
+                        self.finish_interrupted(self.interrupted)
+                    else:
+                        self.look()
                     if self.fired.is_set():
                         if after_rollback:
                             break

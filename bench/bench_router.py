@@ -120,7 +120,8 @@ async def _constant(url: str, bodies: list[bytes], rate: float, n: int) -> list[
         return await loadgen.constant_rate(s, url, bodies, rate, n)
 
 
-def start(work: Path) -> tuple[dict[str, ModelServerHandle], RouterHandle, list[bytes]]:
+def start(work: Path, **overrides: object) -> tuple[dict[str, ModelServerHandle], RouterHandle, list[bytes]]:
+    """v1 and v2 MLServers and a router in front (``overrides``: more RouterConfig fields)."""
     models = build_sample_models(work / "models")
     run_dir = work / "run"
     servers = {}
@@ -140,6 +141,7 @@ def start(work: Path) -> tuple[dict[str, ModelServerHandle], RouterHandle, list[
         feature_names=FEATURES,
         log_dir=work / "log",
         pairs_dir=work / "pairs",
+        **overrides,
     )
     router = start_router(config, run_dir)
     rows = pd.read_parquet(models.holdout)[FEATURES].head(500)

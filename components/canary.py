@@ -8,7 +8,8 @@ evidence allows instead of after a fixed horizon. A step can only pass when it h
 comparison needs to bound its p99 score difference), the sequential test says "pass", and the judge
 finds the candidate's error rate (two-proportion non-inferiority: sparse counts cannot pass) and latency
 (Kayenta's Mann-Whitney on paired latencies) no worse than the incumbent's. Too few pairs by
-``max_bake_seconds`` fails: missing telemetry never counts as healthy.
+``max_bake_seconds`` fails: missing telemetry never counts as healthy. The candidate's server dying or
+restarting during the step fails it too (``availability``), even when its supervisor brings it back.
 
 A failing step moves all traffic back to the incumbent in one call before it returns; the verdict says
 which check failed, what was observed against which threshold and by how much, on how many pairs, and
@@ -26,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from components.spec import CanarySpec
-from components.targets.base import Routes, ShadowPair, Target, TargetError
+from components.targets.base import ProcessInfo, Routes, ShadowPair, Target, TargetError
 from verification.comparison import (
     ComparisonReport,
     SequentialComparison,
@@ -37,11 +38,14 @@ from verification.judge import MannWhitneyResult, TwoProportionResult, mann_whit
 from verification.reports import fmt
 
 POLL_SECONDS = 0.2
+AVAILABILITY_EVERY_SECONDS = 1.0
 PROGRESS_EVERY_SECONDS = 2.0
 PAIRS_PER_READ = 2000
 JUDGE_EVERY_SECONDS = 2.0
 
-CheckName = Literal["traffic", "disagreement", "prediction_comparison", "error_rate", "latency", "target"]
+CheckName = Literal[
+    "traffic", "availability", "disagreement", "prediction_comparison", "error_rate", "latency", "target"
+]
 
 
 class CheckResult(BaseModel):
@@ -163,11 +167,12 @@ def run_step(
         spec,
         incumbent,
         candidate,
+        weight,
         f"step {step} ({weight:g}% to {candidate}, {100 - weight:g}% on {incumbent})",
         say,
     )
     clock = time.perf_counter()
-    target.set_routes(_routes(incumbent, candidate, weight))
+    target.set_routes(bake.routes, lease_s=spec.lease_seconds)
     switch_ms = (time.perf_counter() - clock) * 1000
     bake.started = time.time()
     say(f"{bake.head}: weights set in {switch_ms:.1f} ms; baking")
@@ -219,11 +224,20 @@ class _Bake:
     """The loop of one step: read pairs, update the comparison, judge when it may, until a verdict."""
 
     def __init__(
-        self, target: Target, spec: CanarySpec, incumbent: str, candidate: str, head: str, say: Callable[[str], None]
+        self,
+        target: Target,
+        spec: CanarySpec,
+        incumbent: str,
+        candidate: str,
+        weight: float,
+        head: str,
+        say: Callable[[str], None],
     ) -> None:
         self.target, self.spec, self.incumbent, self.candidate = target, spec, incumbent, candidate
         self.head, self.say = head, say
+        self.routes = _routes(incumbent, candidate, weight)
         self.started = time.time()
+        self.server = self._candidate_server()
         self.collected = _Collected()
         self.evidence: dict[str, Any] = {}
         cmp = spec.comparison
@@ -249,8 +263,13 @@ class _Bake:
         needed = spec.min_pairs
         deadline = max(spec.bake_seconds, spec.max_bake_seconds)
         cursor = None
-        last_said = last_judged = 0.0
+        last_said = last_judged = last_seen = 0.0
         while True:
+            if time.monotonic() - last_seen >= AVAILABILITY_EVERY_SECONDS:
+                last_seen = time.monotonic()
+                down = self._availability()
+                if down is not None:
+                    return [down], collected.n
             page = self.target.pairs(cursor, since_ts=self.started, limit=PAIRS_PER_READ)
             cursor = page.cursor
             inc, cand = collected.add(page.pairs, self.incumbent, self.candidate, spec.max_pairs)
@@ -287,6 +306,42 @@ class _Bake:
                 self.say(f"{self.head}: {collected.n}/{needed} pairs, {flips} disagreements, {elapsed:.1f}s")
             if len(page.pairs) < PAIRS_PER_READ:
                 time.sleep(POLL_SECONDS)
+
+    def _candidate_server(self) -> ProcessInfo | None:
+        state = self.target.deployment(self.candidate)
+        return state.process if state is not None else None
+
+    def _availability(self) -> CheckResult | None:
+        """A failing check if the candidate's server died, restarted or went away since the step started.
+
+        A crash mid-step is a failure of the candidate even when its supervisor brings it back: the router
+        hid it from clients by falling back to the incumbent, so the step's pairs no longer describe it.
+        Telemetry is read too (it raises TargetError when it is gone), so a step halts within a second of
+        losing it instead of when it first needs it; and the split's lease is renewed (a step that stops
+        renewing it, because its process died, has its traffic put back on the incumbent by the target).
+        """
+        self.target.set_routes(self.routes, lease_s=self.spec.lease_seconds)
+        self.target.telemetry(self.candidate, self.started)
+        before, now = self.server, self._candidate_server()
+        if now is None:
+            problem = "is no longer deployed"
+        elif now.state in ("dead", "stopped", "absent", "restarting"):
+            problem = f"is {now.state} (pid {now.pid}, {now.restarts} restarts)"
+        elif before is not None and (now.restarts > before.restarts or (before.pid and now.pid != before.pid)):
+            problem = (
+                f"restarted during the step (pid {before.pid} -> {now.pid},"
+                f" restarts {before.restarts} -> {now.restarts})"
+            )
+        else:
+            return None
+        return CheckResult(
+            name="availability",
+            passed=False,
+            observed=None,
+            threshold=None,
+            pairs=self.collected.n,
+            explanation=f"the candidate {self.candidate}'s model server {problem}: a crash fails the step.",
+        )
 
     def _compare(self) -> ComparisonReport:
         cmp = self.spec.comparison
@@ -337,10 +392,12 @@ class _Bake:
             latency=latency.model_dump(mode="json"),
             score=verdict.model_dump(mode="json"),
         )
-        conclusive = (errors.classification == "High" and errors.conclusive) or latency.classification == "High"
-        return [_error_check(errors, counts, collected.n), _latency_check(latency, judge.latency_allowed_increase)], (
-            conclusive
-        )
+        errors_high = errors.classification == "High" and errors.conclusive
+        conclusive = errors_high or latency.classification == "High"
+        checks = [_error_check(errors, counts, collected.n), _latency_check(latency, judge.latency_allowed_increase)]
+        if latency.classification == "High" and not errors_high:
+            checks.reverse()  # the verdict names the check that decided it, not one still short of evidence
+        return checks, conclusive
 
 
 def _target_check(exc: TargetError, pairs: int) -> CheckResult:
@@ -350,7 +407,7 @@ def _target_check(exc: TargetError, pairs: int) -> CheckResult:
         observed=None,
         threshold=None,
         pairs=pairs,
-        explanation=f"the target failed during the step: {exc}",
+        explanation=f"the target failed during the step: {exc} — a step that cannot be judged fails.",
     )
 
 

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
-from components.canary import first_release, promote, run_step
-from components.serving_runtime import target
 from components.spec import CanarySpec
 from components.targets.base import TargetError
+from components.targets.factory import for_props as target
 
 _INPUTS = ("candidate", "incumbent", "weight", "canary", "restore")
 
@@ -48,6 +46,10 @@ class CanaryStepProvider(ResourceProvider):
     """Runs the step on create and update; the step's verdict is its state."""
 
     def _run(self, props: dict[str, Any]) -> dict[str, Any]:
+        # Imported here, in the provider process when a step runs: the statistics (scipy) are not needed by
+        # the program, which only declares the step, nor by a diff that finds the step unchanged.
+        from components.canary import first_release, promote, run_step
+
         runtime, candidate, incumbent = target(props), props["candidate"], props.get("incumbent")
         if not incumbent:
             started = time.time()
@@ -103,7 +105,7 @@ class CanaryStep(pulumi.dynamic.Resource):
         self,
         resource_name: str,
         *,
-        run_dir: Path,
+        settings: dict[str, Any],
         index: int,
         weight: float,
         candidate: str,
@@ -113,7 +115,8 @@ class CanaryStep(pulumi.dynamic.Resource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
-            "run_dir": str(run_dir),
+            "run_dir": settings["run_dir"],
+            "target": settings,
             "index": index,
             "weight": weight,
             "candidate": candidate,

@@ -5,9 +5,11 @@ Resources, in dependency order (children of the component, with stable names: re
     <name>-gates        artifact and data digests, then the evaluation, latency, memory and drift gates, all
                         in ``check`` (every preview and up), before any resource changes
     <name>-runtime      the target's shared runtime (router, telemetry)
-    <name>-versions     candidate served next to the incumbent; the previous version kept warm
+    <name>-versions     candidate served next to the incumbent; the previous version kept warm, and during an
+                        attempt the stack's rollback target too (a failed attempt leaves it warm)
     <name>-canary-<i>   one resource per traffic step, each after the previous
     <name>-checkpoint   the verified release: changes only when every step passed
+    <name>-retire       stops the standby (the version before the incumbent) once the release is verified
 
 The incumbent is the live model of the stack's last verified checkpoint, read from the stack's own outputs.
 A restore (``mlrelease:restore``, set by ``mlrelease rollback``) converges to a release the stack verified
@@ -28,10 +30,10 @@ from components.canary_step import CanaryStep
 from components.checkpoint import VerifiedCheckpoint
 from components.gate_inputs import SCHEMA_FILE, FeatureSchema
 from components.release_gates import ReleaseGates
-from components.serving_runtime import ModelVersions, ServingRuntime
+from components.serving_runtime import ModelVersions, RetiredVersions, ServingRuntime
 from components.spec import ReleaseSpec, RestoreSpec, resolve
+from components.targets import factory
 from components.targets.base import RuntimeConfig
-from components.targets.local import LocalTarget
 
 TYPE_TOKEN = "mlrelease:index:ModelDeployment"
 
@@ -71,6 +73,10 @@ def _same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     return bool(a and b) and (a["version"], a["sha256"]) == (b["version"], b["sha256"])
 
 
+def _differs(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return (a["version"], a["sha256"]) != (b["version"], b["sha256"])
+
+
 def _without_history(record: dict[str, Any]) -> dict[str, Any]:
     """A verified record as the next one keeps it: one level deep, so the chain does not grow."""
     return {key: value for key, value in record.items() if key != "previous_release"}
@@ -92,7 +98,10 @@ def release_roles(
       was verified against, so every input is unchanged and the update changes nothing; that previous
       model stays warm until the rollback window has passed;
     - otherwise the verified live model is the incumbent, warm beside the candidate, and its record becomes
-      ``previous_release``: the config and digests a rollback restores.
+      ``previous_release``: the config and digests a rollback restores. The verified previous model, while
+      still inside its rollback window, stays up as ``standby`` for the length of the attempt: if the attempt
+      is blocked or rolled back, the stack's rollback target is still warm and ``mlrelease rollback`` moves
+      traffic in one router call. A verified attempt retires it (``RetiredVersions``).
     """
     if restore is not None:
         restored, refusal = None, None
@@ -113,6 +122,7 @@ def release_roles(
             "incumbent": None,
             "warm": None,
             "previous_release": None,
+            "standby": None,
             "restore": {
                 **restore.model_dump(mode="json"),
                 "refusal": refusal,
@@ -120,17 +130,26 @@ def release_roles(
             },
         }
     if not verified:
-        return {"incumbent": None, "warm": None, "previous_release": None, "restore": None}
+        return {"incumbent": None, "warm": None, "standby": None, "previous_release": None, "restore": None}
     live, previous = verified.get("live"), verified.get("previous")
+    within = now < float(verified.get("verified_at") or 0) + window_seconds
     if _same(live, candidate):
-        within = now < float(verified.get("verified_at") or 0) + window_seconds
         return {
             "incumbent": previous,
             "warm": previous if within else None,
+            "standby": None,
             "previous_release": verified.get("previous_release"),
             "restore": None,
         }
-    return {"incumbent": live, "warm": live, "previous_release": _without_history(verified), "restore": None}
+    labels = {candidate["version"], (live or {}).get("version")}
+    standby = previous if within and previous and previous["version"] not in labels else None
+    return {
+        "incumbent": live,
+        "warm": live,
+        "standby": standby,
+        "previous_release": _without_history(verified),
+        "restore": None,
+    }
 
 
 class ModelDeployment(pulumi.ComponentResource):
@@ -147,7 +166,8 @@ class ModelDeployment(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__(TYPE_TOKEN, name, None, opts)
-        run_dir = LocalTarget.for_stack(project_dir, stack).run_dir
+        settings = factory.settings_for(spec, project_dir, stack)
+        run_dir = Path(settings["run_dir"])
         candidate = model_ref(spec, project_dir)
         roles = pulumi.Output.from_input(verified).apply(
             lambda v: release_roles(v, candidate, spec.rollback.window_seconds, time.time(), spec.restore)
@@ -166,33 +186,49 @@ class ModelDeployment(pulumi.ComponentResource):
             inference_log_dir=run_dir / "log",
             opts=pulumi.ResourceOptions(parent=self),
         )
+        features = feature_names(spec, project_dir)
+        # The target's own objects (pulumi-kubernetes resources on that target) come after the gates, like
+        # everything a release changes: a blocked candidate changes nothing.
+        objects = factory.objects(name, spec, project_dir, stack, parent=self, after=[self.gates])
+        runtime_objects = objects.runtime(features)
         self.runtime = ServingRuntime(
             f"{name}-runtime",
-            run_dir=run_dir,
+            settings=settings,
             config=RuntimeConfig(
                 model_name=spec.model.name,
-                feature_names=feature_names(spec, project_dir),
+                feature_names=features,
                 shadow_fraction=spec.canary.shadow_fraction,
                 decision_threshold=spec.canary.comparison.decision_threshold,
             ),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.gates]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.gates, *runtime_objects]),
         )
+        warm = roles.apply(lambda r: r["warm"])
+        standby = roles.apply(lambda r: r["standby"])
+        served = roles.apply(
+            lambda r: [
+                m for m in (candidate, r["warm"], r["standby"]) if m and (m is candidate or _differs(m, candidate))
+            ]
+        )
+        version_objects = served.apply(objects.versions)
         self.versions = ModelVersions(
             f"{name}-versions",
-            run_dir=run_dir,
+            settings=settings,
             candidate=candidate,
-            warm=roles.apply(lambda r: r["warm"]),
+            warm=warm,
+            standby=standby,
             restore=spec.restore is not None,
             synthetic_rps=spec.canary.synthetic_rps,
             traffic_rows=resolve(spec.data.holdout, project_dir),
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.runtime, self.gates]),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=version_objects.apply(lambda made: [self.runtime, self.gates, *made])
+            ),
         )
         previous: pulumi.Resource = self.versions
         self.steps: list[CanaryStep] = []
         for index, weight in enumerate(spec.canary.steps, start=1):
             step = CanaryStep(
                 f"{name}-canary-{index}",
-                run_dir=run_dir,
+                settings=settings,
                 index=index,
                 weight=weight,
                 candidate=candidate["version"],
@@ -218,5 +254,11 @@ class ModelDeployment(pulumi.ComponentResource):
                 "restored_from": spec.restore.from_version if spec.restore else None,
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
+        )
+        self.retired = RetiredVersions(
+            f"{name}-retire",
+            settings=settings,
+            versions=standby.apply(lambda m: [m["version"]] if m else []),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.checkpoint]),
         )
         self.register_outputs({"verified": self.checkpoint.record, "routes": self.steps[-1].verdict})

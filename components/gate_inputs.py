@@ -12,26 +12,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from components.spec import SHA256, GatesSpec
 from serving.artifacts import SETTINGS_FILE, ArtifactDigestError, ModelDirError, file_sha256, verify_artifact
-from serving.inference_log import read_window
-from serving.tables import TableError, read_table
 from serving.v2 import OutputSpec
+
+if TYPE_CHECKING:  # pandas and pyarrow cost seconds to import: loaded where data is read, not by the program
+    import pandas as pd
 
 SCHEMA_FILE = "schema.json"
 REFERENCE_OFFSET = timedelta(days=7)
 # A default window ends at "now" rounded down to this step, so a preview and the up that follows it read
 # the same rows (same digest, one cache entry) unless they straddle a step boundary.
 WINDOW_ALIGNMENT = timedelta(minutes=5)
+# Less free space than this on the inference log's disk: a part file may not fit, so rows are being dropped.
+LOG_MIN_FREE_BYTES = 1024 * 1024
 _CLASSIFICATION_METRICS = {"roc_auc", "gini", "ks", "log_loss", "brier", "f1"}
 
 
@@ -204,6 +207,8 @@ def _load_schema(path: Path) -> FeatureSchema:
 
 
 def _read_table(path: Path, what: str, fix: str) -> pd.DataFrame:
+    from serving.tables import TableError, read_table
+
     if not path.is_file():
         raise GateInputError(f"{what} {path} does not exist: {fix}")
     try:
@@ -246,6 +251,8 @@ def _check_holdout_file(inputs: GateInputs) -> None:
 
 
 def _load_holdout(inputs: GateInputs, schema: FeatureSchema) -> tuple[pd.DataFrame, np.ndarray]:
+    import pandas as pd
+
     path = Path(inputs.holdout)
     frame = _read_table(path, "held-out set", "rewrite it as parquet or csv")
     if inputs.label not in frame.columns:
@@ -271,6 +278,8 @@ def _load_holdout(inputs: GateInputs, schema: FeatureSchema) -> tuple[pd.DataFra
 
 def frame_sha256(frame: pd.DataFrame) -> str:
     """sha256 of a frame's column names and values (row order included), for windows that are not files."""
+    import pandas as pd
+
     digest = hashlib.sha256(json.dumps(list(map(str, frame.columns))).encode())
     digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     return digest.hexdigest()
@@ -299,7 +308,30 @@ def window_bounds(source: DriftLog, now: datetime | None = None) -> tuple[dateti
     return end - timedelta(hours=source.window_hours), end
 
 
+def _log_disk_full(log_dir: Path) -> str | None:
+    """Why the log's windows cannot be trusted because its disk is full, or None.
+
+    A router whose log writes fail keeps serving and counts the rows it could not write
+    (``mlrelease_log_dropped_rows_total``), so the log has holes while the disk stays full.
+    """
+    probe = next((p for p in (log_dir, *log_dir.parents) if p.exists()), None)
+    if probe is None:
+        return None
+    free = shutil.disk_usage(probe).free
+    if free >= LOG_MIN_FREE_BYTES:
+        return None
+    return (
+        f"the inference log's disk at {log_dir} is full ({free} bytes free): the router drops the rows it cannot"
+        " write (mlrelease_log_dropped_rows_total), so its windows are incomplete; free space there and run again"
+    )
+
+
 def _drift_log(source: DriftLog, schema: FeatureSchema) -> tuple[pd.DataFrame, pd.DataFrame, list[WindowDigest]]:
+    from serving.inference_log import read_window
+
+    full = _log_disk_full(source.log_dir)
+    if full:
+        raise GateInputError(full)
     start, end = window_bounds(source)
     frames, digests = [], []
     for role, offset in (("reference", REFERENCE_OFFSET), ("current", timedelta(0))):

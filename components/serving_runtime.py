@@ -3,7 +3,10 @@
 The runtime (router, telemetry) and the model servers are processes that outlive the Pulumi command; these
 resources keep what is needed to re-attach (the run directory) and show liveness on ``pulumi refresh``.
 ``ModelVersions`` serves the candidate next to the incumbent (at weight 0 until a canary step moves traffic)
-and keeps the previous verified version warm for the rollback window, still receiving shadow copies.
+and keeps the previous verified version warm for the rollback window, still receiving shadow copies. During
+an attempt it also keeps the stack's rollback target (the version verified before the incumbent) up as the
+standby, so a blocked or rolled-back attempt leaves ``mlrelease rollback`` one router call from done;
+``RetiredVersions``, after the checkpoint, stops the standby once the attempt is verified.
 """
 
 from __future__ import annotations
@@ -15,13 +18,8 @@ import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ReadResult, ResourceProvider, UpdateResult
 
 from components.targets.base import Routes, RuntimeConfig, TargetError
-from components.targets.local import LocalTarget
+from components.targets.factory import for_props as target
 from serving.v2 import OutputSpec
-
-
-def target(props: dict[str, Any]) -> LocalTarget:
-    """The target a resource's properties address (today: the local one, by run directory)."""
-    return LocalTarget(Path(props["run_dir"]))
 
 
 class ServingRuntimeProvider(ResourceProvider):
@@ -32,7 +30,7 @@ class ServingRuntimeProvider(ResourceProvider):
         return CreateResult(id_=state.location, outs={**props, "state": state.model_dump(mode="json")})
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        changes = olds.get("config") != news.get("config") or olds.get("run_dir") != news.get("run_dir")
+        changes = any(olds.get(key) != news.get(key) for key in ("config", "run_dir", "target"))
         return DiffResult(changes=changes, replaces=["run_dir"] if olds.get("run_dir") != news.get("run_dir") else [])
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -56,18 +54,28 @@ class ServingRuntime(pulumi.dynamic.Resource):
     state: pulumi.Output[dict]
 
     def __init__(
-        self, resource_name: str, *, run_dir: Path, config: RuntimeConfig, opts: pulumi.ResourceOptions | None = None
+        self,
+        resource_name: str,
+        *,
+        settings: dict[str, Any],
+        config: RuntimeConfig,
+        opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        props = {"run_dir": str(run_dir), "config": config.model_dump(mode="json"), "state": None}
+        props = {
+            "run_dir": settings["run_dir"],
+            "target": settings,
+            "config": config.model_dump(mode="json"),
+            "state": None,
+        }
         super().__init__(ServingRuntimeProvider(), resource_name, props, opts)
 
 
 def _wanted(props: dict[str, Any]) -> list[dict[str, Any]]:
-    return [model for model in (props.get("candidate"), props.get("warm")) if model]
+    return [model for model in (props.get("candidate"), props.get("warm"), props.get("standby")) if model]
 
 
 class ModelVersionsProvider(ResourceProvider):
-    """Deploys the candidate and the warm version; removes versions no longer wanted (they carry no traffic)."""
+    """Deploys the candidate, the warm and the standby version; removes versions no longer wanted (no traffic)."""
 
     def _converge(self, props: dict[str, Any], olds: dict[str, Any] | None) -> dict[str, Any]:
         runtime = target(props)
@@ -90,7 +98,7 @@ class ModelVersionsProvider(ResourceProvider):
         return CreateResult(id_=props["run_dir"], outs=self._converge(props, None))
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
-        keys = ("synthetic_rps", "traffic_rows", "restore")
+        keys = ("synthetic_rps", "traffic_rows", "restore", "target")
         return DiffResult(changes=_wanted(olds) != _wanted(news) or any(olds.get(k) != news.get(k) for k in keys))
 
     def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
@@ -110,9 +118,10 @@ class ModelVersionsProvider(ResourceProvider):
 
 
 class ModelVersions(pulumi.dynamic.Resource):
-    """The model versions a stack serves: the candidate and, within the rollback window, the previous one.
+    """The model versions a stack serves: the candidate and, within the rollback window, the previous one
+    (and, during an attempt, the standby).
 
-    On the local target it also runs the optional synthetic traffic (``synthetic_rps`` > 0 replays the rows of
+    It also runs the optional synthetic traffic (``synthetic_rps`` > 0 replays the rows of
     ``traffic_rows`` through the router), so a local release has traffic to bake on.
     """
 
@@ -122,18 +131,21 @@ class ModelVersions(pulumi.dynamic.Resource):
         self,
         resource_name: str,
         *,
-        run_dir: Path,
+        settings: dict[str, Any],
         candidate: dict[str, Any],
         warm: pulumi.Input[dict[str, Any] | None],
+        standby: pulumi.Input[dict[str, Any] | None],
         restore: bool,
         synthetic_rps: float,
         traffic_rows: Path,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         props = {
-            "run_dir": str(run_dir),
+            "run_dir": settings["run_dir"],
+            "target": settings,
             "candidate": candidate,
             "warm": warm,
+            "standby": standby,
             "restore": restore,
             "synthetic_rps": synthetic_rps,
             "traffic_rows": str(traffic_rows),
@@ -141,3 +153,49 @@ class ModelVersions(pulumi.dynamic.Resource):
             "traffic": None,
         }
         super().__init__(ModelVersionsProvider(), resource_name, props, opts)
+
+
+class RetiredVersionsProvider(ResourceProvider):
+    """Stops the standby versions of a verified attempt: each only if it carries no traffic and is not primary."""
+
+    def _retire(self, props: dict[str, Any]) -> dict[str, Any]:
+        runtime, retired = target(props), []
+        try:
+            routes = runtime.routes()
+        except TargetError:  # nothing routed: nothing to retire
+            routes = None
+        for version in props["versions"]:
+            if routes and version in routes.weights and routes.weights[version] == 0 and routes.primary != version:
+                runtime.remove(version)
+                retired.append(version)
+        return {**props, "retired": retired}
+
+    def create(self, props: dict[str, Any]) -> CreateResult:
+        return CreateResult(id_=props["run_dir"], outs=self._retire(props))
+
+    def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
+        # A standby named again (an attempt verified after a failed one) is retired again: it was served again.
+        return DiffResult(changes=bool(news["versions"]) or olds.get("versions") != news["versions"])
+
+    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        return UpdateResult(outs=self._retire(news))
+
+
+class RetiredVersions(pulumi.dynamic.Resource):
+    """The last resource of a release: what the verified release no longer needs stops serving.
+
+    Only a verified attempt reaches it (it depends on the checkpoint), so a failed attempt keeps its standby.
+    """
+
+    retired: pulumi.Output[list]
+
+    def __init__(
+        self,
+        resource_name: str,
+        *,
+        settings: dict[str, Any],
+        versions: pulumi.Input[list[str]],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        props = {"run_dir": settings["run_dir"], "target": settings, "versions": versions, "retired": None}
+        super().__init__(RetiredVersionsProvider(), resource_name, props, opts)

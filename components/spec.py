@@ -154,6 +154,13 @@ class CanarySpec(_Strict):
     max_bake_seconds: float = Field(
         default=120.0, gt=0, description="deadline for min_pairs; missing telemetry fails the step"
     )
+    lease_seconds: float = Field(
+        default=30.0,
+        ge=3,
+        le=600,
+        description="a step's split reverts to the incumbent by itself unless its step renews it this often"
+        " (a killed pulumi up never leaves traffic split)",
+    )
     shadow_fraction: float = Field(default=1.0, gt=0, le=1)
     synthetic_rps: float = Field(
         default=0.0, ge=0, le=2000, description="local target: replay held-out rows at this rate during bakes"
@@ -220,11 +227,50 @@ class RestoreSpec(_Strict):
     reason: str = Field(default="", max_length=500, description="why: the watcher's breach or the operator's")
 
 
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
+
+
+class ResourcesSpec(_Strict):
+    """Requests (and equal limits) of one kind of pod: what the scheduler reserves and the kubelet enforces."""
+
+    cpu: str = Field(default="500m", pattern=QUANTITY, description="Kubernetes CPU quantity, e.g. 500m")
+    memory: str = Field(default="512Mi", pattern=QUANTITY, description="Kubernetes memory quantity, e.g. 512Mi")
+
+
+class KubernetesSpec(_Strict):
+    """Where and how the ``kubernetes`` target releases: the cluster, the namespace, the images, the replicas.
+
+    mlrelease reaches the cluster only through its API server (kubeconfig): services are read through the API
+    server's service proxy, so a CI runner needs no other network path into the cluster.
+    """
+
+    kubeconfig: str = Field(min_length=1, description="kubeconfig file (relative to the project, or absolute)")
+    context: str | None = Field(default=None, description="kubeconfig context (default: its current-context)")
+    namespace: str = Field(pattern=DNS_LABEL, description="an existing namespace mlrelease may write in")
+    image: str = Field(min_length=1, description="router and model-server image (docker/*.Dockerfile)")
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    router_replicas: int = Field(default=2, ge=1, le=50, description="router Deployment replicas")
+    model_replicas: int = Field(default=1, ge=1, le=50, description="replicas of each model version's Deployment")
+    router_resources: ResourcesSpec = ResourcesSpec(cpu="250m", memory="256Mi")
+    model_resources: ResourcesSpec = ResourcesSpec()
+    model_host_path: bool = Field(
+        default=True, description="mount model directories from the node at the same path (local cluster)"
+    )
+    prometheus_url: str | None = Field(
+        default=None, description="the firm's Prometheus that scrapes the routers; default: one on this runner"
+    )
+
+    def kubeconfig_path(self, project_dir: Path) -> Path:
+        return resolve(self.kubeconfig, project_dir)
+
+
 class ReleaseSpec(_Strict):
     """Everything a stack's config says about a release."""
 
     environment: Literal["staging", "prod"] = "staging"
-    target: Literal["local"] = "local"
+    target: Literal["local", "kubernetes"] = "local"
+    kubernetes: KubernetesSpec | None = None
     model: ModelSpec
     data: DataSpec
     gates: GatesSpec = GatesSpec()
@@ -232,6 +278,17 @@ class ReleaseSpec(_Strict):
     rollback: RollbackSpec = RollbackSpec()
     watch: WatchSpec = WatchSpec()
     restore: RestoreSpec | None = None
+
+    @model_validator(mode="after")
+    def _target_settings(self) -> ReleaseSpec:
+        if self.target == "kubernetes" and self.kubernetes is None:
+            raise ValueError(
+                "mlrelease:target is kubernetes but mlrelease:kubernetes is missing: set its kubeconfig, namespace"
+                " and image (docs/kubernetes.md)"
+            )
+        if self.target != "kubernetes" and self.kubernetes is not None:
+            raise ValueError(f"mlrelease:kubernetes is set but mlrelease:target is {self.target}: remove one")
+        return self
 
     @model_validator(mode="after")
     def _restore_names_the_model(self) -> ReleaseSpec:

@@ -81,9 +81,14 @@ build_provider() {
     [ "$pinned" = "$version" ] \
         || die "requirements.txt pins pulumi-kubernetes==$pinned but tools/pulumi-kubernetes/go.mod builds $version: make them match"
     # The provider embeds its schema with the version set, generated from the module's own files.
-    local src
-    src=$(cd "$dir" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' github.com/pulumi/pulumi-kubernetes/provider/v4 2>/dev/null) \
+    # `go list -m` names the module's directory only once it is in the module cache: download it first (a new
+    # machine's cache is empty).
+    local src module=github.com/pulumi/pulumi-kubernetes/provider/v4
+    (cd "$dir" && GOFLAGS=-mod=mod go mod download "$module" >/dev/null 2>&1) \
         || die "the Go module proxy did not serve pulumi-kubernetes' provider module: check GOPROXY and re-run make"
+    src=$(cd "$dir" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' "$module" 2>/dev/null) || src=""
+    [ -n "$src" ] && [ -f "$src/cmd/pulumi-resource-kubernetes/schema.json" ] \
+        || die "pulumi-kubernetes' provider module has no schema.json in the module cache ($src): run 'go clean -modcache' and re-run make"
     "$VENV/bin/python" - "$src/cmd/pulumi-resource-kubernetes" "$dir" "$version" <<'EOF'
 import json, pathlib, sys
 src, dst, version = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import pandas as pd
 
 from serving.v2 import OutputSpec
+
+if TYPE_CHECKING:  # pandas costs a second to import; a frame is recognised by its method
+    import pandas as pd
 
 
 class RouterError(RuntimeError):
@@ -73,12 +75,17 @@ class RouterAdmin:
     def incumbent(self) -> str:
         return _check(self._http.get("/admin/weights"))["incumbent"]
 
-    def set_weights(self, weights: Mapping[str, int], incumbent: str | None = None) -> dict[str, int]:
+    def set_weights(
+        self, weights: Mapping[str, int], incumbent: str | None = None, lease_s: float | None = None
+    ) -> dict[str, int]:
         """Apply all weights at once (must sum to 100; versions left out get 0), and the incumbent with them
-        when given (a promotion or rollback in one atomic change)."""
+        when given (a promotion or rollback in one atomic change). With ``lease_s`` the router puts all
+        traffic back on the incumbent by itself unless the weights are set again within that many seconds."""
         body: dict[str, Any] = {"weights": dict(weights)}
         if incumbent is not None:
             body["incumbent"] = incumbent
+        if lease_s is not None:
+            body["lease_s"] = lease_s
         return _check(self._http.put("/admin/weights", json=body))["weights"]
 
     def set_incumbent(self, version: str) -> None:
@@ -147,7 +154,7 @@ def v2_request(
     ``output`` names the output to answer with (MLServer's sklearn and XGBoost runtimes answer ``predict``
     unless asked); without it the server's default answers.
     """
-    data = rows.to_numpy(dtype=float).tolist() if isinstance(rows, pd.DataFrame) else [list(r) for r in rows]
+    data = rows.to_numpy(dtype=float).tolist() if hasattr(rows, "to_numpy") else [list(r) for r in rows]
     width = len(data[0]) if data else 0
     body: dict[str, Any] = {
         "inputs": [{"name": input_name, "shape": [len(data), width], "datatype": "FP64", "data": data}]

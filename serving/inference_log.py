@@ -135,8 +135,12 @@ class InferenceLogWriter:
             first_ms = int(part["_ts"][0].as_py().timestamp() * 1000)
             name = f"part-{first_ms}-{uuid.uuid4().hex[:12]}.parquet"
             tmp = part_dir / f".{name}.tmp"
-            pq.write_table(part, tmp, compression="zstd")
-            os.replace(tmp, part_dir / name)
+            try:
+                pq.write_table(part, tmp, compression="zstd")
+                os.replace(tmp, part_dir / name)
+            except OSError:  # e.g. disk full: leave no half-written part behind
+                tmp.unlink(missing_ok=True)
+                raise
             written.append(part_dir / name)
         return written
 

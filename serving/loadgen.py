@@ -9,6 +9,7 @@ status and the `x-model-version` that answered.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -106,9 +107,16 @@ async def _send(
         return Result(i, sent, time.perf_counter(), 0, None, f"{type(exc).__name__}: {exc}")
 
 
-def session(timeout: float = 30.0) -> aiohttp.ClientSession:
-    """A pooled client session without a connection cap (open-loop load needs concurrent requests)."""
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=timeout))
+def session(
+    timeout: float = 30.0, *, headers: dict[str, str] | None = None, ssl_context: ssl.SSLContext | None = None
+) -> aiohttp.ClientSession:
+    """A pooled client session without a connection cap (open-loop load needs concurrent requests).
+
+    ``headers`` and ``ssl_context`` are for a router reached through a proxy that authenticates (the Kubernetes
+    API server's service proxy: its bearer token and CA).
+    """
+    connector = aiohttp.TCPConnector(limit=0, ssl=ssl_context if ssl_context is not None else True)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout), headers=headers)
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

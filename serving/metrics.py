@@ -177,6 +177,24 @@ class RouterMetrics:
             "Shadow copies dropped because the shadow queue was full.",
             registry=self.registry,
         )
+        self._skipped = Counter(
+            "mlrelease_shadow_skipped",
+            "Answered requests not shadowed although shadowing was on: no other version was ready"
+            " (reason=peer_unready), or the split changed before the copy was sent (reason=split_changed).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._leases = Counter(
+            "mlrelease_split_lease_expired",
+            "Leased splits (canary steps) reverted to 100% on the incumbent because nobody renewed them.",
+            registry=self.registry,
+        )
+        self._lost = Counter(
+            "mlrelease_log_dropped_rows",
+            "Inference-log rows (log=inference) or shadow pairs (log=pairs) not written, e.g. on a full disk.",
+            ["log"],
+            registry=self.registry,
+        )
         self._disagreements = Counter(
             "mlrelease_pair_disagreements",
             "Shadow pairs whose decisions (score >= threshold) differ on at least one row.",
@@ -210,6 +228,15 @@ class RouterMetrics:
         child = self._disagreements.labels(incumbent, candidate)
         if disagrees:
             child.inc()
+
+    def lease_expired(self) -> None:
+        self._leases.inc()
+
+    def shadow_skipped(self, reason: str) -> None:
+        self._skipped.labels(reason).inc()
+
+    def log_dropped(self, log: str, rows: int) -> None:
+        self._lost.labels(log).inc(rows)
 
     def dropped(self) -> None:
         self._dropped.inc()

@@ -21,8 +21,10 @@ tail. A record:
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -38,29 +40,47 @@ class PairStore:
     tail latency, slower.
     """
 
-    def __init__(self, pairs_dir: Path, keep: int) -> None:
+    def __init__(self, pairs_dir: Path, keep: int, on_lost: Callable[[int], None] = lambda _n: None) -> None:
         self.pairs_dir = pairs_dir
         self.epoch = uuid.uuid4().hex
+        self.on_lost = on_lost
         self._ring: deque[tuple[int, float, bytes]] = deque(maxlen=keep)
         self._next_seq = 0
         self._day: str | None = None
         self._file: IO[bytes] | None = None
+        self._buffered = 0  # lines written to the file object since its last successful flush
 
     def add(self, record: dict[str, Any]) -> int:
-        """Number the record, keep it, and append it to today's file (buffered; see flush). Returns seq."""
+        """Number the record, keep it, and append it to today's file (buffered; see flush). Returns seq.
+
+        A write that fails (disk full) never fails the caller: the pair stays in the ring (the canary still
+        reads it), the lines not on disk are reported to ``on_lost``, and the next add reopens the file.
+        """
         seq = self._next_seq
         self._next_seq += 1
         line = orjson.dumps({"seq": seq, "epoch": self.epoch, **record})
         self._ring.append((seq, record["ts"], line))
         day = datetime.fromtimestamp(record["ts"], UTC).strftime("%Y-%m-%d")
-        if day != self._day or self._file is None:
-            if self._file is not None:
-                self._file.close()
-            self.pairs_dir.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.pairs_dir / f"pairs-{day}.jsonl", "ab")  # noqa: SIM115 - kept open
-            self._day = day
-        self._file.write(line + b"\n")
+        try:
+            if day != self._day or self._file is None:
+                self.close()
+                self.pairs_dir.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.pairs_dir / f"pairs-{day}.jsonl", "ab")  # noqa: SIM115 - kept open
+                self._day = day
+            self._file.write(line + b"\n")
+            self._buffered += 1
+        except OSError:
+            self._lose(1)
         return seq
+
+    def _lose(self, extra: int) -> None:
+        """The buffered lines (and ``extra``) did not reach the disk: report them, drop the file object."""
+        lost, self._buffered = self._buffered + extra, 0
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
+        self.on_lost(lost)
 
     def page(self, since: int | None, since_ts: float | None, limit: int, **extra: Any) -> bytes:
         """JSON of the pairs with seq > since (and ts >= since_ts), oldest first, at most `limit`.
@@ -86,9 +106,15 @@ class PairStore:
 
     def flush(self) -> None:
         if self._file is not None:
-            self._file.flush()
+            try:
+                self._file.flush()
+                self._buffered = 0
+            except OSError:
+                self._lose(0)
 
     def close(self) -> None:
+        if self._file is not None:
+            self.flush()
         if self._file is not None:
             self._file.close()
             self._file = None

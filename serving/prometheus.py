@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import httpx
@@ -60,23 +61,28 @@ def prometheus_binary() -> str:
     return found
 
 
-def scrape_config(targets: list[ScrapeTarget], scrape_interval: str) -> dict:
-    """Prometheus config scraping ``targets`` every ``scrape_interval`` (timeout = interval)."""
-    jobs: dict[tuple[str, str], list[str]] = {}
+def scrape_config(targets: list[ScrapeTarget], scrape_interval: str, jobs: Sequence[dict] = ()) -> dict:
+    """Prometheus config scraping ``targets`` every ``scrape_interval`` (timeout = interval).
+
+    ``jobs`` are whole scrape configs added as they are: service discovery (e.g. a cluster's router pods
+    found and scraped through the Kubernetes API server) rather than fixed addresses.
+    """
+    static: dict[tuple[str, str], list[str]] = {}
     for target in targets:
-        jobs.setdefault((target.job, target.metrics_path), []).append(target.address)
+        static.setdefault((target.job, target.metrics_path), []).append(target.address)
     return {
         "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval},
         "scrape_configs": [
             {"job_name": job, "metrics_path": path, "static_configs": [{"targets": sorted(addresses)}]}
-            for (job, path), addresses in sorted(jobs.items())
-        ],
+            for (job, path), addresses in sorted(static.items())
+        ]
+        + list(jobs),
     }
 
 
-def _write_config(path: Path, targets: list[ScrapeTarget], scrape_interval: str) -> None:
+def _write_config(path: Path, targets: list[ScrapeTarget], scrape_interval: str, jobs: Sequence[dict] = ()) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(scrape_config(targets, scrape_interval), indent=2) + "\n")
+    tmp.write_text(json.dumps(scrape_config(targets, scrape_interval, jobs), indent=2) + "\n")
     tmp.replace(path)
 
 
@@ -109,6 +115,7 @@ def start_prometheus(
     scrape_interval: str = "1s",
     retention: str = "15d",
     timeout: float = 30.0,
+    jobs: Sequence[dict] = (),
 ) -> PrometheusHandle:
     """Start (or find running) Prometheus ``name`` in ``run_dir`` scraping ``targets``; return when ready.
 
@@ -117,14 +124,14 @@ def start_prometheus(
     existing = supervisor.running_handle(name, run_dir)
     if existing is not None:
         handle = _handle(existing)
-        set_targets(handle, targets)
+        set_targets(handle, targets, jobs)
         return handle
     binary = prometheus_binary()
     work_dir = Path(run_dir).resolve() / name
     data_dir = work_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     config_path = work_dir / "prometheus.json"
-    _write_config(config_path, targets, scrape_interval)
+    _write_config(config_path, targets, scrape_interval, jobs)
     port = supervisor.free_port()
     try:
         proc = supervisor.start_process(
@@ -169,9 +176,9 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
-def set_targets(handle: PrometheusHandle, targets: list[ScrapeTarget]) -> None:
-    """Replace the scrape targets of a running Prometheus and reload its config."""
-    _write_config(handle.config_path, targets, handle.scrape_interval)
+def set_targets(handle: PrometheusHandle, targets: list[ScrapeTarget], jobs: Sequence[dict] = ()) -> None:
+    """Replace the scrape targets (and discovery ``jobs``) of a running Prometheus and reload its config."""
+    _write_config(handle.config_path, targets, handle.scrape_interval, jobs)
     try:
         response = httpx.post(f"{handle.url}/-/reload", timeout=10.0)
     except httpx.TransportError:

@@ -1,20 +1,25 @@
 """The traffic router: one V2 endpoint for clients in front of one MLServer per model version.
 
 Run as `python -m serving.router --config FILE` (FILE: JSON for `serving.routing.RouterConfig`); it
-listens on 127.0.0.1:<port> only. The client's body bytes are forwarded untouched over one pooled
-aiohttp session; the router parses the request only to validate it, find the entity key and log the
-features, and the response only to read the scores. Everything else (shadow copies, Parquet writes,
-health checks) happens off the response path. Prometheus exposition at /metrics; serving/METRICS.md has
-the metric names and the inference-log and pair file layouts.
+listens on 127.0.0.1:<port> unless the config names another host (a pod's router listens on its pod IP; on
+Kubernetes `serving.split_follower` runs it and applies the split object the replicas watch).
+The client's body bytes are forwarded untouched over one pooled aiohttp session; the router parses the request
+only to validate it, find the entity key and log the features, and the response only to read the scores.
+Everything else (shadow copies, Parquet writes, health checks) happens off the response path. Prometheus
+exposition at /metrics; serving/METRICS.md has the metric names and the inference-log and pair file layouts.
 
 Client endpoints (V2): `POST /v2/models/{name}/infer` (entity key for sticky routing: header
 `x-entity-key` or `parameters.entity_key`; response headers `x-model-version`, `x-request-id`),
 `GET /v2/models/{name}` (the incumbent's metadata), `GET /v2/models/{name}/ready`, `GET /v2/health/live`,
 `GET /v2/health/ready`. Errors are `{"error": "..."}`.
 
-Admin endpoints (`Authorization: Bearer <admin_token>`, else 401; bodies JSON; bad input 400):
-    GET    /admin/weights             {"weights": {version: percent}, "incumbent": version}
-    PUT    /admin/weights             {"weights": {...}, "incumbent"?: v}: sum 100, known versions, atomic
+Admin endpoints (`Authorization: Bearer <admin_token>`, or `X-Mlrelease-Token: <admin_token>` where a proxy
+such as the Kubernetes API server's consumes `Authorization`; else 401; bodies JSON; bad input 400):
+    GET    /admin/weights             {"weights": {version: percent}, "incumbent": version, "split_version": rv,
+                                      "lease_remaining_s": seconds or null}
+    PUT    /admin/weights             {"weights": {...}, "incumbent"?: v, "lease_s"?: s}: sum 100, known versions,
+                                      atomic; with lease_s all traffic goes back to the incumbent unless the
+                                      weights are set again within s seconds (a canary step's dead man's switch)
     PUT    /admin/incumbent           {"version": v}
     GET    /admin/upstreams           {version: {version, url, model_name, pid, pid_file}}
     POST   /admin/upstreams           {version, url, model_name, pid?, pid_file?, output?}: added at weight 0 (409 dup)
@@ -43,10 +48,12 @@ import random
 import signal
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
@@ -60,10 +67,13 @@ from serving import v2
 from serving.inference_log import InferenceLogWriter
 from serving.metrics import RouterMetrics, UpstreamProcess
 from serving.pairs import PairStore
-from serving.routing import Fault, RouterConfig, RoutingTable, UpstreamSpec
+from serving.routing import Fault, RouterConfig, RoutingTable, Split, UpstreamSpec
 
 JSON = "application/json"
 NO_FAULT = Fault()
+LOST_SAY_EVERY_S = 10.0
+LEASE_CHECK_S = 0.1
+DNS_TTL_S = 5
 log = logging.getLogger("mlrelease.router")
 
 
@@ -108,14 +118,19 @@ class Router:
         self.health: dict[str, dict[str, Any]] = {}
         self.metrics = RouterMetrics(lambda: self.table.weights, self._processes)
         self.log = InferenceLogWriter(config.log_dir, config.log_flush_rows)
-        self.pairs = PairStore(config.pairs_dir, config.pairs_in_memory)
+        self.pairs = PairStore(config.pairs_dir, config.pairs_in_memory, on_lost=self._pairs_lost)
         self.shadow_queue: asyncio.Queue[ShadowJob] = asyncio.Queue(config.shadow_queue_size)
         self._token = f"Bearer {config.admin_token}".encode()
+        self._bare_token = config.admin_token.encode()
+        self.split_version: str | None = None  # resourceVersion of the split object last applied, if any
         self._flush_lock = asyncio.Lock()
         self._loops: list[asyncio.Task[None]] = []
         self._flushes: set[asyncio.Task[list[Path]]] = set()
         self._session: aiohttp.ClientSession | None = None
+        self._connector: aiohttp.TCPConnector | None = None
         self._shadows_in_flight = 0
+        self._lost_said = -LOST_SAY_EVERY_S
+        self.lease_until: float | None = None  # monotonic deadline of a leased split
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -146,7 +161,10 @@ class Router:
     async def _start(self, _app: web.Application) -> None:
         # Idle upstream connections are dropped before MLServer's (uvicorn's) 5 s keep-alive closes them,
         # so a request is rarely sent on a connection the server is closing at that moment.
-        connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=3.0, ttl_dns_cache=None)
+        # Upstream names are cached only briefly: a cluster Service re-created under the same name (a version
+        # released again after a rollback removed it) gets a new ClusterIP, and apply_split drops the name.
+        connector = aiohttp.TCPConnector(limit=512, keepalive_timeout=3.0, ttl_dns_cache=DNS_TTL_S)
+        self._connector = connector
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=self.config.upstream_timeout_s),
@@ -155,6 +173,7 @@ class Router:
         await self._check_health()
         self._loops.append(asyncio.create_task(self._health_loop()))
         self._loops.append(asyncio.create_task(self._flush_loop()))
+        self._loops.append(asyncio.create_task(self._lease_loop()))
         self._loops += [asyncio.create_task(self._shadow_worker()) for _ in range(self.config.shadow_workers)]
 
     async def _stop(self, _app: web.Application) -> None:
@@ -252,6 +271,8 @@ class Router:
         entity_key = request.headers.get("x-entity-key") or parsed.entity_key
 
         table = self.table
+        if not table.upstreams:
+            return self._rejected("no model version is routed yet: release one first", 503, start, request_id)
         version = table.choose(entity_key)
         if version != table.incumbent and not self.ready.get(version, False):
             self.metrics.error(version, m.UNREADY)
@@ -313,6 +334,8 @@ class Router:
     ) -> None:
         peer = table.shadow_peer(primary.version, self.ready)
         if peer is None:
+            if len(table.upstreams) > 1:
+                self.metrics.shadow_skipped("peer_unready")
             return
         try:
             job = ShadowJob(request_id, received.timestamp(), parsed, body, primary, peer)
@@ -335,13 +358,15 @@ class Router:
     async def _shadow(self, job: ShadowJob) -> None:
         table = self.table
         if job.peer not in table.upstreams:
+            self.metrics.shadow_skipped("split_changed")
             return
         other = await self.call(table, job.peer, job.parsed, job.body)
         if other.error_kind is not None:
             self.metrics.error(other.version, m.SHADOW)
         inc, cand = (job.primary, other) if job.primary.version == table.incumbent else (other, job.primary)
-        if inc.version == cand.version:
-            return  # the incumbent changed while the copy was queued
+        if inc.version == cand.version:  # the incumbent changed while the copy was queued
+            self.metrics.shadow_skipped("split_changed")
+            return
         disagreeing = None
         if inc.scores is not None and cand.scores is not None and len(inc.scores) == len(cand.scores):
             t = self.config.decision_threshold
@@ -392,17 +417,40 @@ class Router:
             await asyncio.sleep(self.config.health_interval_s)
             await self._check_health()
 
+    async def _lease_loop(self) -> None:
+        """Revert a leased split nobody renews: its writer (a canary step) is gone."""
+        while True:
+            await asyncio.sleep(LEASE_CHECK_S)
+            if self.lease_until is not None and time.monotonic() >= self.lease_until:
+                self.lease_until = None
+                incumbent = self.table.incumbent
+                self.table = self.table.with_weights({incumbent: 100})
+                self.metrics.lease_expired()
+                log.warning("the split's lease expired (its canary step stopped renewing it): 100%% on %s", incumbent)
+
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.flush_seconds)
-            try:
-                await self.flush()
-            except OSError:  # e.g. disk full: say so and keep serving; the next flush tries again
-                log.exception("flushing the inference log / pairs failed")
+            await self.flush()  # a failed write is counted inside and never stops the loop
 
     async def flush_log(self) -> list[Path]:
+        """Write the buffered rows; rows that cannot be written (disk full) are counted, and serving goes on."""
         async with self._flush_lock:
-            return await asyncio.to_thread(self.log.write, self.log.take())
+            taken = self.log.take()
+            try:
+                return await asyncio.to_thread(self.log.write, taken)
+            except OSError as exc:
+                rows = len(taken["_ts"])
+                self.metrics.log_dropped("inference", rows)
+                log.error("inference log: %d rows dropped, the write failed: %s", rows, exc)
+                return []
+
+    def _pairs_lost(self, lines: int) -> None:
+        self.metrics.log_dropped("pairs", lines)
+        now = time.monotonic()
+        if now - self._lost_said >= LOST_SAY_EVERY_S:  # a full disk fails every write: say so now and then
+            self._lost_said = now
+            log.error("pair log: pairs not written to %s (disk full?); counted, kept in memory", self.pairs.pairs_dir)
 
     async def flush(self) -> list[Path]:
         files = await self.flush_log()
@@ -415,7 +463,7 @@ class Router:
         return _json({"live": True})
 
     async def server_ready(self, _request: web.Request) -> web.Response:
-        ok = self.ready.get(self.table.incumbent, False)
+        ok = bool(self.table.upstreams) and self.ready.get(self.table.incumbent, False)
         return _json({"ready": ok}, 200 if ok else 503)
 
     async def model_ready(self, request: web.Request) -> web.Response:
@@ -427,6 +475,8 @@ class Router:
         """The incumbent's V2 model metadata, under the router's model name."""
         if request.match_info["name"] != self.config.model_name:
             return _error(f"model {request.match_info['name']!r} not found", 404)
+        if not self.table.upstreams:
+            return _error("no model version is routed yet", 503)
         spec = self.table.upstreams[self.table.incumbent]
         try:
             async with self.session.get(f"{spec.url}/v2/models/{spec.model_name}") as resp:
@@ -449,7 +499,8 @@ class Router:
     async def _admin_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path.startswith("/admin"):
             given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, self._token):
+            bare = request.headers.get("X-Mlrelease-Token", "").encode()
+            if not (hmac.compare_digest(given, self._token) | hmac.compare_digest(bare, self._bare_token)):
                 response = _error("missing or wrong admin token (expected 'Authorization: Bearer <token>')", 401)
                 response.headers["WWW-Authenticate"] = 'Bearer realm="mlrelease-router"'
                 return response
@@ -464,7 +515,30 @@ class Router:
             raise web.HTTPBadRequest(body=message, content_type=JSON) from None
 
     def _weights_view(self) -> dict[str, Any]:
-        return {"weights": self.table.weights, "incumbent": self.table.incumbent}
+        left = None if self.lease_until is None else max(0.0, self.lease_until - time.monotonic())
+        return {
+            "weights": self.table.weights,
+            "incumbent": self.table.incumbent,
+            "split_version": self.split_version,
+            "lease_remaining_s": left,
+        }
+
+    async def apply_split(self, split: Split, version: str) -> None:
+        """Make ``split`` the live table and faults in one swap, its new upstreams health-checked first.
+
+        Checking before the swap means a candidate added at weight 0 is known ready (or not) the moment it
+        is routable, and ``split_version`` reported back confirms a split whose upstreams were checked.
+        """
+        table = split.table()
+        for name, spec in table.upstreams.items():
+            if name not in self.table.upstreams and self._connector is not None:
+                url = urlsplit(spec.url)
+                self._connector.clear_dns_cache(url.hostname, url.port)
+        await asyncio.gather(*(self._check_one(s) for v, s in table.upstreams.items() if v not in self.table.upstreams))
+        for gone in set(self.ready) - set(table.upstreams):
+            self.ready.pop(gone, None)
+            self.health.pop(gone, None)
+        self.table, self.faults, self.split_version = table, dict(split.faults), version
 
     async def get_weights(self, _request: web.Request) -> web.Response:
         return _json(self._weights_view())
@@ -480,7 +554,12 @@ class Router:
                 table = table.with_incumbent(str(payload["incumbent"]))
         except ValueError as exc:
             return _error(str(exc), 400)
+        lease = payload.get("lease_s")
+        valid = isinstance(lease, int | float) and not isinstance(lease, bool) and 0 < lease <= 3600
+        if lease is not None and not valid:
+            return _error("lease_s must be a number of seconds in (0, 3600]", 400)
         self.table = table  # weights and incumbent change in one assignment
+        self.lease_until = None if lease is None else time.monotonic() + float(lease)
         return _json(self._weights_view())
 
     async def put_incumbent(self, request: web.Request) -> web.Response:
@@ -562,18 +641,28 @@ class Router:
         return _json({"files": [str(f) for f in files]})
 
 
-async def serve(config: RouterConfig) -> None:
-    """Serve until SIGTERM or SIGINT, then flush the inference log and pairs and close cleanly."""
+Hook = Callable[[Router], Awaitable[None]]
+
+
+async def serve(config: RouterConfig, *, prepare: Hook | None = None, follow: Hook | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then flush the inference log and pairs and close cleanly.
+
+    ``prepare`` runs before the port opens (a cluster replica applies the live split first, so it never
+    answers with an empty table); ``follow`` runs beside the server for its whole life (the split watch).
+    """
     router = Router(config)
     runner = web.AppRunner(router.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", config.port, backlog=1024, reuse_address=True)
+    if prepare is not None:
+        await prepare(router)
+    following = asyncio.create_task(follow(router)) if follow is not None else None
+    site = web.TCPSite(runner, config.host, config.port, backlog=1024, reuse_address=True)
     await site.start()
     # Everything allocated so far (modules, config, app) lives as long as the process: keep it out of the
     # collector's generations so full collections, and the latency spikes they cause, stay short.
     gc.collect()
     gc.freeze()
-    log.info("router on http://127.0.0.1:%d: %s, incumbent %s", config.port, config.weights, config.incumbent)
+    log.info("router on http://%s:%d: %s, incumbent %s", config.host, config.port, config.weights, config.incumbent)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -581,6 +670,9 @@ async def serve(config: RouterConfig) -> None:
     try:
         await stop.wait()
     finally:
+        if following is not None:
+            following.cancel()
+            await asyncio.gather(following, return_exceptions=True)
         await runner.cleanup()
         log.info("router stopped; inference log and pairs flushed")
 

@@ -8,7 +8,6 @@ the owner since it holds the admin token), the router is started with `python -m
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import httpx
 from pydantic import BaseModel
 
 from serving import supervisor
+from serving.private_files import write_private
 from serving.routing import RouterConfig
 from serving.wait import wait_until
 
@@ -45,9 +45,7 @@ def start_router(config: RouterConfig, run_dir: Path, *, name: str = "router", t
     base = Path(run_dir).resolve() / name
     base.mkdir(parents=True, exist_ok=True)
     config_path = base / "router.json"
-    fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(config.model_dump_json(indent=2))
+    write_private(config_path, config.model_dump_json(indent=2))
     try:
         proc = supervisor.start_process(
             name,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,15 +26,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from serving.v2 import OutputSpec
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
+SPLIT_KEY = "split.json"  # the key of the live split in a Kubernetes target's split ConfigMap
+# A Kubernetes Service name in the cluster's DNS (`<service>.<namespace>.svc[.cluster.local]`): the only
+# non-loopback upstream a router accepts, so a router can never be pointed at an arbitrary host.
+_SERVICE_HOST = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\.[a-z0-9]([-a-z0-9]*[a-z0-9])?\.svc(\.cluster\.local)?$")
 
 
 class UpstreamSpec(BaseModel):
-    """One model version behind the router: a V2 server on loopback, and where to find its pid."""
+    """One model version behind the router: a V2 server on loopback (or a cluster Service), and its pid."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-    url: str = Field(description="base URL of the V2 server, e.g. http://127.0.0.1:8081")
+    url: str = Field(description="base URL of the V2 server, e.g. http://127.0.0.1:8081 or http://m-v1.ns.svc:8080")
     model_name: str = Field(min_length=1, description="the model's name on that server")
     pid: int | None = Field(default=None, ge=1, description="server pid, for memory/CPU metrics")
     pid_file: Path | None = Field(default=None, description="re-read on every scrape (restarts move pids)")
@@ -43,8 +48,11 @@ class UpstreamSpec(BaseModel):
     @classmethod
     def _loopback(cls, url: str) -> str:
         parts = urlsplit(url)
-        if parts.scheme != "http" or parts.hostname not in LOOPBACK_HOSTS or parts.port is None:
-            raise ValueError(f"upstream url must be http://127.0.0.1:<port>, got {url!r}")
+        host = parts.hostname or ""
+        if parts.scheme != "http" or parts.port is None or not (host in LOOPBACK_HOSTS or _SERVICE_HOST.match(host)):
+            raise ValueError(
+                f"upstream url must be http://127.0.0.1:<port> or http://<service>.<ns>.svc:<port>, got {url!r}"
+            )
         return url.rstrip("/")
 
 
@@ -61,7 +69,12 @@ class Fault(BaseModel):
 
 
 def validate_weights(weights: Mapping[str, int], versions: list[str]) -> dict[str, int]:
-    """Weights for every known version (missing ones are 0), or ValueError: unknown, negative, sum != 100."""
+    """Weights for every known version (missing ones are 0), or ValueError: unknown, negative, sum != 100.
+
+    With no versions at all (a cluster router before the first version is deployed) the only split is ``{}``.
+    """
+    if not versions and not weights:
+        return {}
     unknown = sorted(set(weights) - set(versions))
     if unknown:
         raise ValueError(f"unknown versions {unknown}; known: {versions}")
@@ -74,17 +87,25 @@ def validate_weights(weights: Mapping[str, int], versions: list[str]) -> dict[st
     return {v: weights.get(v, 0) for v in versions}
 
 
+def _check_versions(versions: list[str], incumbent: str) -> None:
+    if len(set(versions)) != len(versions):
+        raise ValueError(f"duplicate upstream versions in {versions}")
+    if incumbent not in versions if versions else incumbent:
+        raise ValueError(f"incumbent {incumbent!r} is not an upstream version {versions}")
+
+
 class RouterConfig(BaseModel):
     """The JSON file given to `python -m serving.router --config FILE`."""
 
     model_config = ConfigDict(extra="forbid")
 
-    port: int = Field(ge=1, le=65535, description="listen port on 127.0.0.1, allocated by the caller")
+    port: int = Field(ge=1, le=65535, description="listen port, allocated by the caller")
+    host: str = Field(default="127.0.0.1", description="listen address: loopback unless a pod must be reached")
     admin_token: str = Field(min_length=16, description="bearer token of /admin/*")
     model_name: str = Field(min_length=1, description="the model name clients use in /v2/models/{name}")
-    upstreams: list[UpstreamSpec] = Field(min_length=1)
+    upstreams: list[UpstreamSpec] = Field(description="empty only for a router that follows a split object")
     weights: dict[str, int]
-    incumbent: str
+    incumbent: str = Field(description='"" only while there are no upstreams')
     feature_names: list[str] | None = Field(
         default=None, description="columns of a [rows, features] input tensor, validated and logged"
     )
@@ -113,10 +134,7 @@ class RouterConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> RouterConfig:
         versions = [u.version for u in self.upstreams]
-        if len(set(versions)) != len(versions):
-            raise ValueError(f"duplicate upstream versions in {versions}")
-        if self.incumbent not in versions:
-            raise ValueError(f"incumbent {self.incumbent!r} is not an upstream version {versions}")
+        _check_versions(versions, self.incumbent)
         self.weights = validate_weights(self.weights, versions)
         return self
 
@@ -137,7 +155,7 @@ class RoutingTable:
     _cumulative: tuple[int, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        order = (self.incumbent, *(v for v in self.upstreams if v != self.incumbent))
+        order = (self.incumbent, *(v for v in self.upstreams if v != self.incumbent)) if self.upstreams else ()
         cumulative, total = [], 0
         for version in order:
             total += self.weights[version]
@@ -173,10 +191,49 @@ class RoutingTable:
         return RoutingTable(self.upstreams, self.weights, version)
 
     def shadow_peer(self, version: str, ready: Mapping[str, bool]) -> str | None:
-        """The other side of a shadow pair: incumbent <-> a ready candidate (weight 0 counts: dark launch)."""
+        """The other side of a shadow pair: incumbent <-> a ready candidate (weight 0 counts: dark launch).
+
+        With three versions up (the candidate of an attempt, the incumbent, and the standby kept warm for a
+        rollback), the incumbent's copies go to the ready version with the most traffic: during a canary step
+        that is the candidate, so the step's comparison gets every pair. With none carrying traffic (before the
+        first step, or a failed attempt's candidate back at 0) they are shared at random, so the watcher's
+        live-against-previous divergence still sees pairs.
+        """
         if version != self.incumbent:
             return self.incumbent
         candidates = [v for v in self._order[1:] if ready.get(v, False)]
         if not candidates:
             return None
+        most = max(self.weights[v] for v in candidates)
+        candidates = [v for v in candidates if self.weights[v] == most]
         return candidates[0] if len(candidates) == 1 else random.choice(candidates)
+
+
+class Split(BaseModel):
+    """The live split as one Kubernetes object holds it (``data["split.json"]`` of a ConfigMap).
+
+    Every router replica watches that object and applies it whole (upstreams, weights, incumbent and faults
+    in one table swap), so a replica that restarts or is added comes up with the live split, and a canary
+    step is one update of the object. ``version`` is the object's resourceVersion, reported back by each
+    replica so the writer can confirm every replica applied it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    upstreams: list[UpstreamSpec] = []
+    weights: dict[str, int] = {}
+    incumbent: str = ""
+    faults: dict[str, Fault] = {}
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Split:
+        versions = [u.version for u in self.upstreams]
+        _check_versions(versions, self.incumbent)
+        self.weights = validate_weights(self.weights, versions)
+        unknown = sorted(set(self.faults) - set(versions))
+        if unknown:
+            raise ValueError(f"faults for unknown versions {unknown}")
+        return self
+
+    def table(self) -> RoutingTable:
+        return RoutingTable({u.version: u for u in self.upstreams}, self.weights, self.incumbent)

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import ssl
 import time
 from collections import Counter
 from pathlib import Path
@@ -36,7 +37,15 @@ def request_bodies(rows_path: Path, features: list[str] | None, label: str) -> l
 
 
 async def replay(
-    url: str, bodies: list[bytes], rps: float, max_in_flight: int, report_seconds: float, stop: asyncio.Event
+    url: str,
+    bodies: list[bytes],
+    rps: float,
+    max_in_flight: int,
+    report_seconds: float,
+    stop: asyncio.Event,
+    *,
+    headers: dict[str, str] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Counter:
     """Send bodies (cycled) to ``url`` at ``rps`` until ``stop`` is set; returns counts by outcome."""
     counts: Counter = Counter()
@@ -55,7 +64,7 @@ async def replay(
             in_flight -= 1
 
     loop = asyncio.get_running_loop()
-    async with loadgen.session(timeout=10.0) as http:
+    async with loadgen.session(timeout=10.0, headers=headers, ssl_context=ssl_context) as http:
         start = last_report = loop.time()
         i = 0
         while not stop.is_set():
@@ -89,6 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rps", type=float, required=True)
     parser.add_argument("--max-in-flight", type=int, default=256)
     parser.add_argument("--report-seconds", type=float, default=10.0)
+    parser.add_argument("--token-file", type=Path, help="bearer token of a proxy in front of the router")
+    parser.add_argument("--ca-file", type=Path, help="CA of an https proxy in front of the router")
     args = parser.parse_args(argv)
     if args.rps <= 0:
         parser.error("--rps must be positive")
@@ -100,7 +111,11 @@ def main(argv: list[str] | None = None) -> None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        return await replay(url, bodies, args.rps, args.max_in_flight, args.report_seconds, stop)
+        headers = {"Authorization": f"Bearer {args.token_file.read_text().strip()}"} if args.token_file else None
+        context = ssl.create_default_context(cafile=str(args.ca_file)) if args.ca_file else None
+        return await replay(
+            url, bodies, args.rps, args.max_in_flight, args.report_seconds, stop, headers=headers, ssl_context=context
+        )
 
     counts = loadgen.run(run())
     print(f"{time.strftime('%H:%M:%S')} stopped: {dict(counts)}", flush=True)

@@ -39,12 +39,17 @@ class ParsedRequest:
     payload: dict[str, Any] | None = None  # the request, when it names no outputs (the router then names them)
 
 
-def _flatten(data: Any, out: list[Any]) -> None:
-    for item in data:
-        if isinstance(item, list):
-            _flatten(item, out)
-        else:
+def _flatten(data: list[Any], out: list[Any]) -> None:
+    """Row-major values of nested lists, without recursion (a client picks the nesting depth)."""
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
             out.append(item)
+        else:
+            stack.pop()
 
 
 def _tensor(raw: Any, index: int) -> tuple[str, list[int], str, list[Any]]:
@@ -59,7 +64,7 @@ def _tensor(raw: Any, index: int) -> tuple[str, list[int], str, list[Any]]:
         or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     ):
         raise BadRequest(f"input {name!r}: shape must be a non-empty list of non-negative integers")
-    if datatype not in DATATYPES:
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
         raise BadRequest(f"input {name!r}: unknown datatype {datatype!r}")
     if not isinstance(data, list):
         raise BadRequest(f"input {name!r}: data must be a list")

@@ -177,8 +177,13 @@ class Target(Protocol):
         """The live traffic split."""
         ...
 
-    def set_routes(self, routes: Routes) -> Routes:
-        """Apply every weight at once (and the primary); returns the live split after the change."""
+    def set_routes(self, routes: Routes, lease_s: float | None = None) -> Routes:
+        """Apply every weight at once (and the primary); returns the live split after the change.
+
+        ``lease_s`` makes the split a canary step's: unless it is set again within ``lease_s`` seconds, the
+        target puts all traffic back on the primary by itself, so a step whose process died (a killed
+        ``pulumi up``) never leaves traffic split. Without it the split holds until changed.
+        """
         ...
 
     def pairs(self, since: PairCursor | None = None, *, since_ts: float | None = None, limit: int = 1000) -> PairPage:

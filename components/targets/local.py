@@ -21,11 +21,9 @@ its config and restarts it (a few hundred milliseconds without a router).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,16 +41,16 @@ from components.targets.base import (
     TargetError,
     VersionStats,
 )
+from components.targets.stats import version_stats
 from serving import supervisor
 from serving.artifacts import ArtifactDigestError, ModelDirError, read_settings
 from serving.client import RouterAdmin, RouterError
 from serving.modelserver import ModelServerError, is_ready, model_server_handle, start_model_server
+from serving.private_files import write_private
 from serving.prometheus import PrometheusError, ScrapeTarget, start_prometheus
 from serving.router_process import start_router
 from serving.routing import RouterConfig, UpstreamSpec
-from serving.telemetry import Telemetry, TelemetryError, TelemetryMissing
 from serving.v2 import DEFAULT_OUTPUT, OutputSpec
-from serving.wait import wait_until
 
 RUN_ROOT = Path(".mlrelease") / "run"
 TOKEN_FILE = "admin-token"
@@ -62,16 +60,6 @@ PROMETHEUS = "prometheus"
 TRAFFIC = "traffic"
 SCRAPE_JOB = "router"
 _RUNTIME_PROCESSES = (ROUTER, PROMETHEUS, TRAFFIC)
-_FRESH_SCRAPE_TIMEOUT_S = 3.0
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` atomically, readable only by the owner (configs hold the admin token)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    os.replace(tmp, path)
 
 
 def _process_info(state_path: Path) -> ProcessInfo:
@@ -171,7 +159,7 @@ class LocalTarget:
         """Start Prometheus, restart a router that is down or configured otherwise; describe the result."""
         self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._token()
-        _write_private(self.run_dir / RUNTIME_FILE, config.model_dump_json(indent=2))
+        write_private(self.run_dir / RUNTIME_FILE, config.model_dump_json(indent=2))
         router = self._router_config()
         try:
             start_prometheus(self.run_dir, self._scrape_targets(router), timeout=60.0)
@@ -251,14 +239,19 @@ class LocalTarget:
             supervisor.stop(self._state_path(ROUTER))
         self._start_router(router)
 
-    def _persist_routes(self, admin: RouterAdmin) -> Routes:
-        """Write the live upstreams and split into router.json (what a crash-restart reads); return the split."""
+    def _persist_routes(self, admin: RouterAdmin, *, unsplit: bool = False) -> Routes:
+        """Write the live upstreams and split into router.json (what a crash-restart reads); return the split.
+
+        ``unsplit``: write all traffic on the incumbent instead (the live split is leased, see set_routes).
+        """
         router = self._router_config()
         assert router is not None, "persisting routes of a router that was never configured"
         upstreams = [UpstreamSpec.model_validate(u) for u in admin.upstreams().values()]
         weights, incumbent = admin.weights(), admin.incumbent()
-        updated = router.model_copy(update={"upstreams": upstreams, "weights": weights, "incumbent": incumbent})
-        _write_private(self._router_config_path(), updated.model_dump_json(indent=2))
+        kept = {incumbent: 100} if unsplit else weights
+        updated = router.model_copy(update={"upstreams": upstreams, "weights": kept, "incumbent": incumbent})
+        if updated != router:  # a step renewing its lease every second changes nothing here
+            write_private(self._router_config_path(), updated.model_dump_json(indent=2))
         return Routes(weights=weights, primary=incumbent)
 
     # -- versions ----------------------------------------------------------------------------------
@@ -411,19 +404,23 @@ class LocalTarget:
         admin = self._admin()
         return Routes(weights=admin.weights(), primary=admin.incumbent())
 
-    def set_routes(self, routes: Routes) -> Routes:
-        """Apply the split and the primary in one atomic router call; the router splits in whole percent."""
+    def set_routes(self, routes: Routes, lease_s: float | None = None) -> Routes:
+        """Apply the split and the primary in one atomic router call; the router splits in whole percent.
+
+        A leased split is the router's to revert (its own timer); router.json then keeps all traffic on the
+        primary, so a router that restarts while no step renews the lease comes up unsplit too.
+        """
         weights: dict[str, int] = {}
         for version, weight in routes.weights.items():
             if abs(weight - round(weight)) > 1e-9:
                 raise TargetError(f"the local router splits traffic in whole percent; {version} has {weight}")
             weights[version] = round(weight)
         admin = self._admin()
-        try:
-            admin.set_weights(weights, incumbent=routes.primary)  # split and primary in one atomic change
+        try:  # split and primary in one atomic change
+            admin.set_weights(weights, incumbent=routes.primary, lease_s=lease_s)
         except RouterError as exc:
             raise TargetError(f"the router refused {routes.model_dump()}: {exc.message}") from None
-        return self._persist_routes(admin)
+        return self._persist_routes(admin, unsplit=lease_s is not None)
 
     def pairs(self, since: PairCursor | None = None, *, since_ts: float | None = None, limit: int = 1000) -> PairPage:
         """Pairs from the router's in-memory ring after ``since``; a router restart resets the cursor."""
@@ -453,69 +450,11 @@ class LocalTarget:
     # -- telemetry ---------------------------------------------------------------------------------
 
     def telemetry(self, version: str, start: float, end: float | None = None) -> VersionStats:
-        """Counts and latency quantiles of ``version`` from Prometheus over ``[start, end]``.
-
-        Waits (briefly) for a scrape at or after ``end`` so the window is complete. Counts come from
-        ``increase`` and are rounded (Prometheus extrapolates to the window's edges).
-        """
-        end = time.time() if end is None else end
+        """Counts and latency quantiles of ``version`` from this runtime's Prometheus over ``[start, end]``."""
         prometheus = supervisor.running_handle(PROMETHEUS, self.run_dir)
         if prometheus is None:
             raise TargetError(f"prometheus in {self.run_dir} is not running: no telemetry")
-        reader = Telemetry(f"http://127.0.0.1:{prometheus.ports['http']}", job=SCRAPE_JOB)
-        try:
-            self._await_scrape(reader, end)
-            window = max(end - start, 1.0)
-            rng = f"{round(window * 1000)}ms"
-            sel = f'version="{version}",job="{SCRAPE_JOB}"'
-
-            def count(promql: str) -> float | None:
-                try:
-                    return reader.query(promql, end)
-                except TelemetryMissing:
-                    return None
-
-            answered = count(f"sum(increase(mlrelease_requests_total{{{sel}}}[{rng}]))")
-            dropped = count(f'sum(increase(mlrelease_request_errors_total{{{sel},kind="connection"}}[{rng}]))')
-            requests = None if answered is None and dropped is None else round((answered or 0) + (dropped or 0))
-            errors = None
-            if requests is not None:
-                errors = round(
-                    count(f'sum(increase(mlrelease_request_errors_total{{{sel},kind!~"shadow|unready"}}[{rng}]))') or 0
-                )
-            quantiles = {}
-            for q in (0.5, 0.99):
-                try:
-                    quantiles[q] = reader.latency_quantile(version, q, window, end) * 1000
-                except TelemetryMissing:
-                    quantiles[q] = None
-        except TelemetryError as exc:
-            raise TargetError(str(exc)) from None
-        finally:
-            reader.close()
-        return VersionStats(
-            version=version,
-            start=start,
-            end=end,
-            requests=requests,
-            errors=errors,
-            error_rate=errors / requests if requests else None,
-            p50_ms=quantiles[0.5],
-            p99_ms=quantiles[0.99],
-        )
-
-    @staticmethod
-    def _await_scrape(reader: Telemetry, end: float) -> None:
-        def scraped() -> bool:
-            try:
-                return reader.query(f'max(timestamp(up{{job="{SCRAPE_JOB}"}}))') >= end
-            except TelemetryMissing:
-                return False
-
-        if time.time() - end < _FRESH_SCRAPE_TIMEOUT_S:
-            # Not scraped in time: the counts below say what Prometheus has, missing data stays None.
-            with contextlib.suppress(TimeoutError):
-                wait_until(scraped, _FRESH_SCRAPE_TIMEOUT_S, "a scrape after the window", interval=0.05)
+        return version_stats(f"http://127.0.0.1:{prometheus.ports['http']}", SCRAPE_JOB, version, start, end)
 
     # -- synthetic traffic -------------------------------------------------------------------------
 

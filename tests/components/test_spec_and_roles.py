@@ -80,6 +80,7 @@ def test_first_release_has_no_incumbent() -> None:
     assert release_roles(None, V1, 3600, 0) == {
         "incumbent": None,
         "warm": None,
+        "standby": None,
         "previous_release": None,
         "restore": None,
     }
@@ -89,6 +90,8 @@ def test_new_candidate_is_judged_against_the_verified_live_model() -> None:
     verified = {"live": V2, "previous": V1, "verified_at": 100.0, "previous_release": {"live": V1}}
     roles = release_roles(verified, V3, 3600, 200.0)
     assert (roles["incumbent"], roles["warm"]) == (V2, V2)
+    # The stack's rollback target stays up through the attempt: a failed attempt leaves it warm.
+    assert roles["standby"] == V1
     # What a rollback restores: the record of v2, one level deep (the chain does not grow).
     assert roles["previous_release"] == {"live": V2, "previous": V1, "verified_at": 100.0}
 
@@ -143,3 +146,13 @@ def test_one_drift_window_without_the_other_is_an_error() -> None:
     with pytest.raises(SpecError) as excinfo:
         load_spec({**BASE, "data": data})
     assert "mlrelease:data" in str(excinfo.value) and "set both drift_reference and drift_current" in str(excinfo.value)
+
+
+def test_the_standby_is_the_verified_previous_inside_its_window_and_never_the_candidate() -> None:
+    verified = {"live": V2, "previous": V1, "verified_at": 100.0}
+    assert release_roles(verified, V3, 3600, 3800.0)["standby"] is None  # past the window: not warm anyway
+    assert release_roles(verified, V1, 3600, 200.0)["standby"] is None  # v1 again, through the gates
+    assert release_roles(verified, {**V1, "sha256": "e" * 64}, 3600, 200.0)["standby"] is None  # one label
+    assert release_roles(verified, V2, 3600, 200.0)["standby"] is None  # unchanged: v1 is the warm one
+    assert release_roles({"live": V1, "previous": None, "verified_at": 1.0}, V2, 3600, 2.0)["standby"] is None
+    assert release_roles(verified, V3, 3600, 200.0, _restore(V1))["standby"] is None

@@ -7,6 +7,7 @@ Whatever a test's stacks leave running is stopped at teardown.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 from pulumi import automation as auto
 
@@ -24,12 +26,25 @@ from serving.sample_models import SampleModels, build_sample_models
 from serving.sample_windows import SampleWindows, build_sample_windows
 
 # Small enough for a 2-core CI machine, large enough for every statistic to have its samples.
-FAST_CANARY = {"steps": [5, 50, 100], "min_pairs": 120, "max_bake_seconds": 60, "synthetic_rps": 80}
-# Latency and memory limits with room for a machine shared with other test processes; the tests that want a
-# gate to fail set their own. max_ratio: on a busy 2-core machine one server's stalls, which the other does not
+# The judge's margins are the canary tests' (tests/canary): a freshly started candidate beside a warm incumbent on
+# a busy 2-core machine is measurably slower for its first seconds, and with the default 1.2 a conclusive latency
+# breach would be named before the disagreement or error rate these tests provoke (CI, 2026-12-01: both failing
+# variants were stopped for latency). The failing variants miss their own limits by far.
+FAST_CANARY = {
+    "steps": [5, 50, 100],
+    "min_pairs": 120,
+    "max_bake_seconds": 60,
+    "synthetic_rps": 80,
+    "judge": {"max_error_rate_increase": 0.03, "latency_allowed_increase": 1.5},
+}
+# These tests exercise the release flow, not latency: the latency gate's pass and fail are tested in tests/gates
+# with bounds set for the purpose. Here the absolute limits only need to pass equal versions on a slow runner,
+# and max_ratio still compares candidate and incumbent measured in the same run. Measured for equal versions:
+# this VM under load p50 330 ms / p99 5.3 s; the CI runner p50 upper bound 283 ms (2026-12-01), so bounds of
+# 150/250 ms failed every engine test that promotes. max_ratio: one server's stalls, which the other does not
 # share, move the candidate/incumbent p99 ratio of two equal versions to 0.7-2.1 (upper bounds up to 5.6).
 ROOMY_GATES = {
-    "latency": {"p99_ms": 250, "p50_ms": 150, "requests": 600, "max_ratio": 10},
+    "latency": {"p99_ms": 10_000, "p50_ms": 3_000, "requests": 600, "max_ratio": 10},
     "memory": {"max_mb": 640},
 }
 
@@ -60,7 +75,7 @@ class Project:
         self.env = {
             **os.environ,
             "PULUMI_BACKEND_URL": (root / "state").as_uri(),
-            "PULUMI_CONFIG_PASSPHRASE": "test",
+            "PULUMI_CONFIG_PASSPHRASE": "engine-tests-passphrase-7c1e",  # distinctive: tests look for leaks
         }
         self.models, self.windows = sample
         self.stacks: list[str] = []
@@ -105,6 +120,20 @@ def project(tmp_path_factory: pytest.TempPathFactory, sample) -> Iterator[Projec
         proj.teardown()
 
 
+def kill_engine_leftovers(project_dir: Path) -> list[int]:
+    """SIGKILL what a killed ``pulumi`` leaves running for ``project_dir``: its language host, program and
+    provider plugins are in process groups of their own, and they outlive the engine for many minutes."""
+    killed = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        here = proc.info["cwd"] == str(project_dir) or f"--pwd {project_dir}" in cmdline
+        if here and "pulumi" in cmdline and proc.pid != os.getpid():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+                killed.append(proc.pid)
+    return killed
+
+
 def release_resources(stack: auto.Stack) -> list[dict]:
     """Everything but what the engine re-reads on every run: the default dynamic provider records the stack's
     config (so it follows config edits even when the update fails) and the stack's reference to itself records
@@ -145,8 +174,9 @@ class CliResult:
         except ValueError:
             self.json = None
 
-    def __repr__(self) -> str:
-        return f"CliResult(code={self.code}, json={self.json}, stderr={self.stderr[-2000:]!r})"
+    def __repr__(self) -> str:  # the failure first: pytest truncates long assertion messages
+        failure = (self.json or {}).get("failure")
+        return f"CliResult(code={self.code}, failure={failure!r}, json={self.json}, stderr={self.stderr[-2000:]!r})"
 
 
 def mlrelease(project: Project, *args: str, timeout: float = 600) -> CliResult:

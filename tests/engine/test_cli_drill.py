@@ -8,14 +8,22 @@ stack converged to v1's recorded config, and the measured seconds reported.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
+from datetime import UTC
 from pathlib import Path
 
 import pytest
 from pulumi import automation as auto
 
 from automation.drill import TAG
+from automation.engine import VENV_DIR
 from automation.lock import ReleaseLock
-from tests.engine.conftest import Project, mlrelease
+from automation.watch import read_state
+from serving.wait import wait_until
+from tests.engine.conftest import Project, kill_engine_leftovers, mlrelease
 
 pytestmark = pytest.mark.engine
 STACK = "drill"
@@ -67,9 +75,11 @@ def test_drill_recovers_from_each_fault_and_reports_the_seconds(
     assert v2_over_v1.get_tag(TAG).startswith(f"recovered {fault} ")
 
 
-def test_watch_rolls_back_when_telemetry_goes_missing_but_never_during_a_promote(
+def test_watch_fires_on_missing_telemetry_never_during_a_promote_and_finishes_once_after_a_kill(
     project: Project, v2_over_v1: auto.Stack
 ) -> None:
+    """Silence is a breach, but not while a promote holds the stack; the watcher that fires is killed with its
+    engine mid-converge, and the restarted one finishes that rollback, once."""
     project.target(STACK).stop_traffic()  # no client requests: silence must not read as health
     with ReleaseLock(project.dir, STACK, "promote v9"):  # a promote in progress: nothing may interleave
         paused = mlrelease(project, "watch", "--stack", STACK, "--exit-after-rollback", "--max-seconds", "12")
@@ -78,11 +88,34 @@ def test_watch_rolls_back_when_telemetry_goes_missing_but_never_during_a_promote
     assert busy.code == 1 and "busy: promote v9" in busy.stderr
     assert v2_over_v1.outputs()["verified"].value["live"]["version"] == "v2"
 
-    result = mlrelease(project, "watch", "--stack", STACK, "--exit-after-rollback", "--max-seconds", str(BUDGET))
-    assert result.code == 0, result
-    assert result.json["phase"] == "fired" and "no telemetry" in result.json["breach"]
-    assert result.json["rollback"]["restored"]["version"] == "v1"
+    argv = [str(VENV_DIR / "bin" / "mlrelease"), "watch", "--stack", STACK, "--project-dir", str(project.dir)]
+    first = subprocess.Popen([*argv, "--exit-after-rollback"], env=project.env, start_new_session=True, text=True)
+    config_file = project.dir / f"Pulumi.{STACK}.yaml"
+    try:
+        # Killed with its engine once the restore config is written, i.e. while its up converges.
+        wait_until(lambda: "mlrelease:restore" in config_file.read_text(), BUDGET, "the watcher's restore config")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        kill_engine_leftovers(project.dir)
+    killed_at = time.time()
+    fired = read_state(project.dir, STACK)
+    assert fired is not None and fired.phase == "fired" and "no telemetry" in (fired.breach or ""), fired
+    assert project.target(STACK).routes().primary == "v1"  # traffic moved before the converge
+    assert v2_over_v1.outputs()["verified"].value["live"]["version"] == "v2"  # the converge did not finish
+
+    again = mlrelease(project, "watch", "--stack", STACK, "--exit-after-rollback", "--max-seconds", str(BUDGET))
+    assert again.code == 0, again
+    assert again.json["phase"] == "fired" and "finished an interrupted rollback" in again.json["breach"], again
+    assert again.json["rollback"]["restored"]["version"] == "v1" and again.json["rollback"]["from_version"] == "v2"
     _rolled_back_to_v1(project, v2_over_v1)
+    # Once: one update after the kill, restoring v1 from v2.
+    restores = [
+        u.message
+        for u in v2_over_v1.history()
+        if u.message.startswith("mlrelease rollback") and u.start_time.replace(tzinfo=UTC).timestamp() > killed_at
+    ]
+    assert len(restores) == 1 and restores[0].startswith("mlrelease rollback to v1 from v2"), restores
 
 
 def test_drill_refuses_without_a_warm_previous_version(project: Project, stack: auto.Stack) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -18,9 +19,11 @@ from datetime import UTC, datetime
 import pytest
 from pulumi import automation as auto
 
+from automation.backend_files import PROJECT_NAME, stack_outputs
 from automation.engine import VENV_DIR
+from automation.lock import holder
 from serving.wait import wait_until
-from tests.engine.conftest import CliResult, Project, mlrelease
+from tests.engine.conftest import CliResult, Project, kill_engine_leftovers, mlrelease
 
 pytestmark = pytest.mark.engine
 STACK = "cli"
@@ -69,14 +72,20 @@ def test_promote_gives_promoted_blocked_and_rolled_back(project: Project, stack:
     assert blocked.code == 3, blocked
     assert blocked.json["outcome"] == "blocked" and blocked.json["gates"]["evaluation"]["passed"] is False
     assert "gate evaluation failed" in blocked.json["failure"]
-    assert routes(project)["primary"] == "v2"
+    assert routes(project) == {"weights": {"v2": 100.0, "v1": 0.0}, "primary": "v2"}
+    standby = project.target(STACK).deployment("v1")
+    assert standby is not None and standby.ready
 
     caught = promote(project, "divergent")
     assert caught.code == 4, caught
     assert caught.json["outcome"] == "rolled_back" and "failed on disagreement" in caught.json["failure"]
     assert routes(project)["weights"]["v2"] == 100
-    # Anything short of a promotion leaves the config naming what is live.
+    # Anything short of a promotion leaves the config naming what is live, and the stack's rollback target
+    # warm: the same v1 process, still registered with the router (at 0).
     assert project_model_version(stack) == "v2"
+    assert routes(project)["weights"]["v1"] == 0
+    still = project.target(STACK).deployment("v1")
+    assert still is not None and still.ready and still.process.pid == standby.process.pid
 
     # Audit: before the first release, settled on v1, mid-canary of v2, settled on v2 after the failures.
     step1, step2 = good.json["canary"][0], good.json["canary"][1]
@@ -103,10 +112,19 @@ def audit_models(project: Project, ts: float) -> tuple[str, dict[str, float]]:
 def test_rollback_restores_the_previous_verified_release_and_rerunning_is_harmless(
     project: Project, stack: auto.Stack
 ) -> None:
+    warm = project.target(STACK).deployment("v1")
+    assert warm is not None  # kept up through the failed attempt (the previous test)
+    # The rollback's first move reads the backend's files, not the engine: they must say what the engine says.
+    files = stack_outputs(project.env["PULUMI_BACKEND_URL"], PROJECT_NAME, STACK)
+    assert files is not None and files["verified"] == stack.outputs()["verified"].value
     result = mlrelease(project, "rollback", "--stack", STACK)
     assert result.code == 0, result
+    assert "traffic: 100% on v1 after" in result.stderr and "before any engine call" in result.stderr, result
     assert result.json["outcome"] == "rolled_back"
     assert result.json["restored"]["version"] == "v1" and result.json["from_version"] == "v2"
+    # Traffic moved to the warm process (one router call), not to a server started for the rollback.
+    print(f"rollback after the failed attempt: traffic on v1 after {result.json['traffic_seconds']:.3f} s")
+    assert project.target(STACK).deployment("v1").process.pid == warm.process.pid
     assert result.json["traffic_seconds"] is not None and result.json["traffic_seconds"] < result.json["total_seconds"]
     assert routes(project) == {"weights": {"v1": 100.0}, "primary": "v1"}
     verified = stack.outputs()["verified"].value
@@ -137,6 +155,7 @@ def test_rollback_killed_mid_converge_completes_when_run_again(project: Project,
     wait_until(lambda: "mlrelease:restore" in config_file.read_text(), 120, "the rollback's restore config")
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    kill_engine_leftovers(project.dir)
     assert routes(project)["primary"] == "v1"
 
     result = mlrelease(project, "rollback", "--stack", STACK)
@@ -163,3 +182,54 @@ def test_bad_input_exits_2_and_changes_nothing(project: Project, stack: auto.Sta
 def promote_with_version(project: Project, variant: str, version: str) -> CliResult:
     model = project.models.models[variant].model_dir
     return mlrelease(project, "promote", "--stack", STACK, "--model", str(model), "--version", version)
+
+
+def test_a_verified_attempt_retires_its_standby_and_a_second_promote_meanwhile_is_refused(
+    project: Project, stack: auto.Stack, tmp_path
+) -> None:
+    """v1 -> v2 -> v3: v1 stays up while v3 is canaried (the rollback target if v3 failed), and stops once v3
+    is verified, when v2 becomes the rollback target. While v3's promote holds the stack, another is refused."""
+    assert promote(project, "good").code == 0  # over the restored v1: v1 is the verified previous, warm
+    assert stack.outputs()["verified"].value["previous"]["version"] == "v1"
+    v3 = tmp_path / "v3"
+    shutil.copytree(project.models.models["incumbent"].model_dir, v3)
+    settings = json.loads((v3 / "model-settings.json").read_text())
+    settings["parameters"]["version"] = "v3"
+    (v3 / "model-settings.json").write_text(json.dumps(settings))
+    argv = [str(VENV_DIR / "bin" / "mlrelease"), "promote", "--stack", STACK, "--model", str(v3)]
+    first = subprocess.Popen(
+        [*argv, "--project-dir", str(project.dir), "--json"], env=project.env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until(lambda: holder(project.dir, STACK) is not None, 60, "the first promote to take the stack's lock")
+        second = promote(project, "good")
+        assert second.code == 1, second
+        assert f"stack {STACK} is busy: promote v3 (pid {first.pid})" in second.stderr
+        assert "wait for it to finish, then run promote v2 again" in second.stderr
+    finally:
+        out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0 and json.loads(out)["outcome"] == "promoted", out
+    assert routes(project) == {"weights": {"v3": 100.0, "v2": 0.0}, "primary": "v3"}
+    assert project.target(STACK).deployment("v1") is None
+    retired = stack.outputs()
+    assert retired["verified"].value["previous"]["version"] == "v2"
+
+
+def test_no_secret_reaches_stack_state_outputs_or_logs(project: Project, stack: auto.Stack) -> None:
+    token = (project.target(STACK).run_dir / "admin-token").read_text().strip()
+    assert len(token) >= 16
+    state = json.dumps(stack.export_stack().deployment)
+    status = mlrelease(project, "status", "--stack", STACK)
+    assert status.code == 0, status
+    logs = [p for p in project.target(STACK).run_dir.rglob("*.log") if p.is_file()]
+    assert logs, "the runtime keeps its process logs in the run directory"
+    passphrase = project.env["PULUMI_CONFIG_PASSPHRASE"]
+    config = (project.dir / f"Pulumi.{STACK}.yaml").read_text()
+    places = [
+        ("stack state", state),
+        ("status --json", json.dumps(status.json) + status.stderr),
+        ("stack config", config),
+    ]
+    for where, text in places + [(str(p), p.read_text(errors="replace")) for p in logs]:
+        assert token not in text, f"the admin token appears in {where}"
+        assert passphrase not in text, f"the stack passphrase appears in {where}"

@@ -25,6 +25,7 @@ from serving import supervisor
 from serving.artifacts import file_sha256
 from serving.inference_log import InferenceLogWriter
 from serving.sample_models import FEATURES, SampleModels
+from tests.full_disk import full_tmpfs
 from tests.gates.conftest import TEST_GATES
 from verification.performance import compare_latency, latency_gate, latency_ratio_gate
 
@@ -321,6 +322,16 @@ def test_inference_log_windows_are_the_last_hours_and_the_same_span_a_week_earli
     assert prepared.data.drift_current.start == end - timedelta(hours=2)
     assert prepared.data.drift_reference.end == end - timedelta(days=7)
     assert list(prepared.drift_current.columns) == FEATURES
+
+
+def test_a_full_inference_log_disk_is_refused_not_read_as_a_complete_window(
+    make_inputs: Callable[..., GateInputs], tmp_path: Path
+) -> None:
+    with full_tmpfs(tmp_path / "full") as full, pytest.raises(GateInputError) as caught:
+        prepare(make_inputs("good", drift=DriftLog(log_dir=full / "log", window_hours=2)))
+    message = str(caught.value)
+    assert f"the inference log's disk at {tmp_path / 'full' / 'log'} is full" in message
+    assert "mlrelease_log_dropped_rows_total" in message and "free space there" in message and "\n" not in message
 
 
 def test_the_gate_runner_imports_nothing_from_pulumi() -> None:

@@ -64,6 +64,8 @@ def test_tampered_artifact_is_refused_naming_file_digests_and_fix(model_dir: Pat
         ("bad-json", "is invalid"),
         ("no-uri", "is invalid at parameters.uri"),
         ("uri-outside", "points outside the model directory"),
+        ("uri-absolute", "points outside the model directory"),
+        ("uri-symlink-out", "points outside the model directory"),
         ("artifact-missing", "is not a file"),
     ],
 )
@@ -82,6 +84,14 @@ def test_bad_model_dirs_are_refused_with_one_line(model_dir: Path, breakage: str
     elif breakage == "uri-outside":
         settings["parameters"]["uri"] = "../elsewhere.joblib"
         settings_path.write_text(json.dumps(settings))
+    elif breakage == "uri-absolute":
+        settings["parameters"]["uri"] = str((model_dir / "model.joblib").resolve().parent.parent / "elsewhere.joblib")
+        settings_path.write_text(json.dumps(settings))
+    elif breakage == "uri-symlink-out":  # a name inside the directory that leads out of it
+        outside = model_dir.parent / "outside.joblib"
+        shutil.copy(model_dir / "model.joblib", outside)
+        (model_dir / "model.joblib").unlink()
+        (model_dir / "model.joblib").symlink_to(outside)
     elif breakage == "artifact-missing":
         (model_dir / "model.joblib").unlink()
     with pytest.raises(ModelDirError, match=match) as info:

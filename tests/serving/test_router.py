@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import os
 import re
@@ -22,6 +23,8 @@ import httpx
 import orjson
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from serving import loadgen, supervisor
 from serving.client import RouterAdmin, v2_request
@@ -30,7 +33,9 @@ from serving.modelserver import ModelServerHandle, start_model_server
 from serving.router_process import RouterHandle, start_router, stop_router
 from serving.routing import RouterConfig, UpstreamSpec
 from serving.sample_models import FEATURES, MODEL_NAME, SampleModels
+from serving.v2 import BadRequest, parse_request
 from serving.wait import wait_until
+from tests.full_disk import full_tmpfs
 
 TOKEN = "test-admin-token-0123456789"
 
@@ -74,10 +79,12 @@ def make_router(servers: dict[str, ModelServerHandle], tmp_path: Path) -> Iterat
             weights=weights,
             incumbent="v1",
             feature_names=FEATURES,
-            log_dir=tmp_path / "log",
-            pairs_dir=tmp_path / "pairs",
-            upstream_timeout_s=30.0,  # a busy 2-core machine can stall MLServer for seconds
-            **overrides,
+            **{
+                "log_dir": tmp_path / "log",
+                "pairs_dir": tmp_path / "pairs",
+                "upstream_timeout_s": 30.0,  # a busy 2-core machine can stall MLServer for seconds
+                **overrides,
+            },
         )
         handle = start_router(config, tmp_path / "run", name=f"router-{len(started)}")
         started.append(handle)
@@ -146,7 +153,10 @@ def test_split_90_10_within_binomial_tolerance_and_sticky_keys_stay(make_router,
 
 
 def test_weight_changes_and_full_switches_under_load_lose_no_request(make_router, bodies) -> None:
-    router, _, _ = make_router({"v1": 90, "v2": 10})
+    """200 req/s for 20 s through 100 weight changes and 20 full switches, every request shadowed: every one
+    answered 200, and the inference log and the pair log hold one row per answered request (or per counted
+    dropped shadow copy), none lost and none twice."""
+    router, admin, config = make_router({"v1": 90, "v2": 10}, shadow_fraction=1.0, shadow_queue_size=5000)
     rate, seconds = 200, 20
     changes: list[tuple[float, float, dict[str, int]]] = []  # (put sent, put answered, weights)
 
@@ -186,6 +196,25 @@ def test_weight_changes_and_full_switches_under_load_lose_no_request(make_router
     ]
     # (On an overloaded machine no request may fit in a window; the subset check then holds vacuously.)
     assert {r.version for r in inside} <= {"v1"}
+
+    answered = len(results)
+
+    def shadowed() -> float:
+        names = ("mlrelease_shadow_pairs_total", "mlrelease_shadow_dropped_total", "mlrelease_shadow_skipped_total")
+        return sum(_metric(router, name) for name in names)
+
+    wait_until(lambda: shadowed() >= answered, 180, "every shadow copy paired or counted as dropped or skipped")
+    admin.flush()
+    now = datetime.now(UTC)
+    logged = read_window(config.log_dir, now - timedelta(minutes=5), now + timedelta(minutes=1), FEATURES)
+    assert len(logged) == answered and logged["_request_id"].nunique() == answered
+    assert (logged["_status"] == 200).all()
+    pairs = [orjson.loads(line) for f in config.pairs_dir.glob("*.jsonl") for line in f.read_bytes().splitlines()]
+    ids = [p["request_id"] for p in pairs]
+    assert len(ids) == len(set(ids)) and set(ids) <= set(logged["_request_id"])
+    unpaired = _metric(router, "mlrelease_shadow_dropped_total") + _metric(router, "mlrelease_shadow_skipped_total")
+    print(f"{answered} answered, {len(pairs)} pairs, {unpaired:g} shadow copies dropped or skipped (counted)")
+    assert len(pairs) + unpaired == answered
 
 
 def test_killing_the_candidate_mid_load_is_invisible_to_clients(make_router, servers, bodies) -> None:
@@ -339,6 +368,84 @@ def test_bad_input_is_a_counted_4xx_never_a_crash(make_router) -> None:
     assert admin.health()["v1"]["ready"]
 
 
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=30,
+)
+_TENSOR = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["input-0", "", "x" * 300]) | st.text(max_size=10),
+        "shape": st.lists(st.integers(-3, 2**40), max_size=4) | _JSON,
+        "datatype": st.sampled_from(["FP64", "FP32", "INT64", "BYTES", "BOOL", "nope"]) | _JSON,
+        "data": st.lists(st.lists(st.floats() | st.text(max_size=3), max_size=12), max_size=3) | _JSON,
+    }
+)
+
+
+def _dumps(value: object) -> bytes:
+    """Python's encoder: integers past 64 bits and NaN/Infinity (not JSON) go out as a client might send them."""
+    return json.dumps(value).encode()
+
+
+_BODIES = st.one_of(
+    st.binary(max_size=200),  # bad UTF-8 and not JSON at all
+    _JSON.map(_dumps),
+    st.fixed_dictionaries({"inputs": st.lists(_TENSOR, max_size=3) | _JSON}).map(_dumps),
+    st.integers(1100, 5000).map(lambda depth: b"[" * depth + b"]" * depth),  # deeper than any parser allows
+)
+
+
+def test_fuzzed_v2_payloads_get_a_4xx_and_the_router_stays_up(make_router) -> None:
+    """Wrong shapes, types, deep JSON, bad UTF-8 and oversized bodies: every one a 4xx, never a 5xx or a crash."""
+    router, admin, _ = make_router({"v1": 100})
+    url, valid = _infer_url(router), orjson.dumps(v2_request([[0.0] * len(FEATURES)]))
+    answers: list[int] = []
+    with httpx.Client(timeout=30.0) as client:
+
+        @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(body=_BODIES)
+        def fuzz(body: bytes) -> None:
+            try:  # the rare generated body that is a valid request may be answered
+                parse_request(body, FEATURES)
+                allowed = {200}
+            except BadRequest:
+                allowed = set()
+            response = client.post(url, content=body, headers={"Content-Type": "application/json"})
+            answers.append(response.status_code)
+            assert response.status_code in allowed or 400 <= response.status_code < 500, (
+                body[:200],
+                response.status_code,
+                response.text[:200],
+            )
+
+        fuzz()
+        huge = client.post(url, content=b" " * (65 * 1024 * 1024), headers={"Content-Type": "application/json"})
+        assert huge.status_code == 413, huge.status_code
+        assert client.post(url, content=valid).status_code == 200
+    assert len(answers) >= 200 and admin.health()["v1"]["ready"]
+
+
+def test_a_leased_split_nobody_renews_goes_back_to_the_incumbent(make_router) -> None:
+    router, admin, _ = make_router({"v1": 100})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    for bad in (0, -1, 4000, "5", True):
+        refused = httpx.put(
+            f"{router.url}/admin/weights", json={"weights": {"v1": 50, "v2": 50}, "lease_s": bad}, headers=auth
+        )
+        assert refused.status_code == 400 and "lease_s" in refused.json()["error"], bad
+    assert admin.weights() == {"v1": 100, "v2": 0}
+    set_at = time.monotonic()
+    admin.set_weights({"v1": 50, "v2": 50}, lease_s=1.0)
+    wait_until(lambda: admin.weights() == {"v1": 100, "v2": 0}, 10, "the unrenewed split to revert")
+    assert time.monotonic() - set_at >= 1.0
+    assert admin.incumbent() == "v1" and _metric(router, "mlrelease_split_lease_expired_total") == 1
+    admin.set_weights({"v1": 50, "v2": 50}, lease_s=600)
+    admin.set_weights({"v1": 70, "v2": 30})  # set again without a lease: it holds, nothing pending
+    view = httpx.get(f"{router.url}/admin/weights", headers=auth).json()
+    assert view["weights"] == {"v1": 70, "v2": 30} and view["lease_remaining_s"] is None
+
+
 def test_injected_errors_reach_clients_and_are_counted(make_router) -> None:
     router, admin, _ = make_router({"v1": 100})
     admin.set_fault("v1", error_rate=1.0)
@@ -358,3 +465,24 @@ def test_stopping_the_router_flushes_its_inference_log(make_router, bodies) -> N
     stop_router(router)
     now = datetime.now(UTC)
     assert len(read_window(config.log_dir, now - timedelta(minutes=5), now, FEATURES)) == 50
+
+
+def test_a_full_log_disk_drops_counted_rows_and_the_router_keeps_serving(make_router, bodies, tmp_path) -> None:
+    with full_tmpfs(tmp_path / "full") as full:
+        router, admin, _ = make_router(
+            {"v1": 100}, log_dir=full / "log", pairs_dir=full / "pairs", shadow_fraction=1.0, log_flush_rows=50
+        )
+        with httpx.Client(timeout=30.0) as client:
+            answers = [client.post(_infer_url(router), content=body).status_code for body in bodies[:300]]
+        assert answers == [200] * 300
+        wait_until(lambda: _metric(router, "mlrelease_shadow_pairs_total") >= 300, 60, "every request paired")
+        admin.flush()
+        assert _metric(router, "mlrelease_log_dropped_rows_total", log="inference") == 300
+        assert _metric(router, "mlrelease_log_dropped_rows_total", log="pairs") == 300
+        assert len(admin.pairs(limit=1000).pairs) == 300  # the canary still reads them from memory
+        assert not list((full / "log").rglob("*.parquet")) and not list((full / "log").rglob(".*.tmp"))
+        assert client_ok(router, bodies[0]) and admin.health()["v1"]["ready"]
+
+
+def client_ok(router: RouterHandle, body: bytes) -> bool:
+    return httpx.post(_infer_url(router), content=body).status_code == 200

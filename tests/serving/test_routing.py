@@ -44,6 +44,19 @@ def test_zero_weight_never_chosen_and_switch_is_total() -> None:
     assert {table.with_weights({"v1": 100}).choose(f"k{i}") for i in range(500)} == {"v1"}
 
 
+def test_with_three_up_the_candidate_under_canary_takes_every_shadow_copy() -> None:
+    ready = {"v1": True, "v2": True, "v3": True}
+    stepping = _table({"v1": 95, "v3": 5, "v2": 0})  # v1 incumbent, v3 candidate at 5 %, v2 standby
+    assert {stepping.shadow_peer("v1", ready) for _ in range(200)} == {"v3"}
+    assert stepping.shadow_peer("v3", ready) == "v1" and stepping.shadow_peer("v2", ready) == "v1"
+    # Nothing but the incumbent carries traffic (a failed attempt reverted): both others get copies.
+    reverted = stepping.with_weights({"v1": 100})
+    assert {reverted.shadow_peer("v1", ready) for _ in range(200)} == {"v2", "v3"}
+    # A version that is not ready never gets one.
+    assert {stepping.shadow_peer("v1", {**ready, "v3": False}) for _ in range(50)} == {"v2"}
+    assert stepping.shadow_peer("v1", {"v1": True}) is None
+
+
 def test_upstreams_are_added_at_zero_and_removed_only_without_traffic() -> None:
     table = _table({"v1": 100})
     table = table.with_upstream(UpstreamSpec(version="v2", url="http://127.0.0.1:9100", model_name="m"))

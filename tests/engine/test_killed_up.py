@@ -1,0 +1,67 @@
+"""A ``pulumi up`` killed mid-step: traffic is not left split, and the next ``promote`` converges.
+
+The real engine and runtime: v1 live, then ``mlrelease promote`` of v2 killed (SIGKILL to its process group:
+the CLI, the engine and the step's provider) while step 1 bakes. The step's split is leased
+(``mlrelease:canary.lease_seconds``), so the router puts all traffic back on v1 by itself; the next promote
+re-runs the steps the state no longer finds live and promotes v2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from pulumi import automation as auto
+
+from automation.engine import VENV_DIR
+from serving.wait import wait_until
+from tests.engine.conftest import FAST_CANARY, Project, kill_engine_leftovers, mlrelease
+
+pytestmark = pytest.mark.engine
+STACK = "killed"
+LEASE_S = 5.0
+# A bake long enough to kill it in: min_pairs at 80 req/s takes several seconds.
+CANARY = {**FAST_CANARY, "lease_seconds": LEASE_S, "min_pairs": 600, "max_pairs": 3000}
+
+
+@pytest.fixture(scope="module")
+def stack(project: Project) -> auto.Stack:
+    stack = project.stack(STACK)
+    project.configure(stack, project.config("incumbent", canary=CANARY))
+    stack.up()
+    return stack
+
+
+def test_a_promote_killed_mid_step_leaves_no_split_and_the_next_one_converges(
+    project: Project, stack: auto.Stack
+) -> None:
+    target = project.target(STACK)
+    assert target.routes().model_dump() == {"weights": {"v1": 100.0}, "primary": "v1"}
+    model = project.models.models["good"].model_dir
+    argv = [str(VENV_DIR / "bin" / "mlrelease"), "promote", "--stack", STACK, "--model", str(model)]
+    proc = subprocess.Popen(
+        [*argv, "--project-dir", str(project.dir)], env=project.env, start_new_session=True, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until(lambda: target.routes().weights.get("v2", 0) > 0, 300, "step 1 to move traffic to v2")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        kill_engine_leftovers(project.dir)
+    killed_at = time.monotonic()
+    wait_until(lambda: target.routes().weights.get("v2", 0) == 0, 60, "the unrenewed split to revert")
+    reverted = time.monotonic() - killed_at
+    print(f"split reverted {reverted:.2f} s after the kill (lease {LEASE_S:g} s)")
+    assert target.routes().primary == "v1"
+    # Nothing verified v2: the stack's checkpoint still names v1.
+    assert stack.outputs()["verified"].value["live"]["version"] == "v1"
+
+    again = mlrelease(project, "promote", "--stack", STACK, "--model", str(model))
+    assert again.code == 0 and again.json["outcome"] == "promoted", again
+    assert [v["weight"] for v in again.json["canary"]] == [5, 50, 100]
+    assert target.routes().model_dump() == {"weights": {"v2": 100.0, "v1": 0.0}, "primary": "v2"}
+    assert json.loads(stack.get_config("mlrelease:model").value)["version"] == "v2"
