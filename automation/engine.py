@@ -8,6 +8,7 @@ defaults to the embedded local ``file://`` directory unless ``PULUMI_BACKEND_URL
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,9 +43,18 @@ def engine_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def pulumi_command() -> auto.PulumiCommand:
-    """The pinned CLI in ``.venv/bin``; never a ``pulumi`` that happens to be first on PATH."""
+    """The pinned CLI in ``.venv/bin``; never a ``pulumi`` that happens to be first on PATH.
+
+    One per process: the Automation API runs ``pulumi version`` to build it (0.3 s of CPU each time), and every
+    stack this process selects would otherwise pay that again.
+    """
     if not (VENV_DIR / "bin" / "pulumi").exists():
         raise EngineMissing(f"the Pulumi engine is not installed in {VENV_DIR}/bin: run 'make setup'")
+    return _checked_command()
+
+
+@functools.cache
+def _checked_command() -> auto.PulumiCommand:
     return auto.PulumiCommand(root=str(VENV_DIR))
 
 

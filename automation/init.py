@@ -44,7 +44,7 @@ from components.gate_inputs import SCHEMA_FILE, FeatureSchema
 from components.policy import PROD_BOUNDS, violations
 from components.spec import NAMESPACE, ReleaseSpec, SpecError, load_spec
 from components.stack_config import namespaced
-from serving import supervisor
+from serving import http, supervisor
 from serving.artifacts import ArtifactDigestError, ModelDirError, artifact_digest, file_sha256, read_settings
 from serving.client import v2_request
 from serving.modelserver import ModelServerError, start_model_server
@@ -340,7 +340,7 @@ def serve_once(model_dir: Path, sha256: str, rows: pd.DataFrame, kind: LabelKind
     with tempfile.TemporaryDirectory(prefix="mlrelease-init-") as run_dir:
         try:
             handle = start_model_server(model_dir, sha256, Path(run_dir), name=_SERVER, timeout=SERVE_TIMEOUT_S)
-            with httpx.Client(timeout=60.0) as client:
+            with http.client(handle.url, timeout=60.0) as client:
                 response = _ask(client, handle.infer_url, rows, kind)
         except (ModelServerError, ModelDirError, ArtifactDigestError, supervisor.ProcessStartError) as exc:
             reason = re.sub(r" \(log: [^)]*\)", "", str(exc))  # the log goes with the run dir

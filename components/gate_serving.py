@@ -29,7 +29,7 @@ import pandas as pd
 import psutil
 
 from components.gate_inputs import GateInputError, ModelRef
-from serving import loadgen, supervisor
+from serving import http, loadgen, supervisor
 from serving.artifacts import ArtifactDigestError, ModelDirError
 from serving.client import v2_request
 from serving.modelserver import ModelServerError, ModelServerHandle, start_model_server
@@ -95,7 +95,7 @@ def score(
     """
     out: list[np.ndarray] = []
     retries = 0
-    with httpx.Client(timeout=30.0) as client:
+    with http.client(handle.url, timeout=30.0) as client:
         for start in range(0, len(rows), SCORE_BATCH_ROWS):
             batch = rows.iloc[start : start + SCORE_BATCH_ROWS]
             body = v2_request(batch, input_name=input_name, output=output.tensor)

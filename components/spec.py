@@ -13,7 +13,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from serving.v2 import OutputSpec
 
@@ -232,10 +240,33 @@ QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$"
 
 
 class ResourcesSpec(_Strict):
-    """Requests (and equal limits) of one kind of pod: what the scheduler reserves and the kubelet enforces."""
+    """Requests of one kind of pod (what the scheduler reserves) and its limits (what the kubelet enforces).
 
-    cpu: str = Field(default="500m", pattern=QUANTITY, description="Kubernetes CPU quantity, e.g. 500m")
-    memory: str = Field(default="512Mi", pattern=QUANTITY, description="Kubernetes memory quantity, e.g. 512Mi")
+    Memory's limit is its request: a pod is never OOM-killed for memory the node promised it. CPU may burst
+    above its request up to ``cpu_limit`` (default: the request), so a node can hold every version a release
+    keeps up (standby, incumbent, candidate) while the one under load gets the spare cores.
+    """
+
+    cpu: str = Field(default="500m", pattern=QUANTITY, description="Kubernetes CPU request, e.g. 500m")
+    cpu_limit: str | None = Field(default=None, pattern=QUANTITY, description="CPU limit (default: the request)")
+    memory: str = Field(default="512Mi", pattern=QUANTITY, description="memory request and limit, e.g. 512Mi")
+
+    @field_validator("cpu_limit")
+    @classmethod
+    def _limit_not_below_request(cls, limit: str | None, info: ValidationInfo) -> str | None:
+        request = info.data.get("cpu")  # absent when it failed its own pattern
+        if limit is not None and request is not None and _cpu_cores(limit) < _cpu_cores(request):
+            raise ValueError(f"{limit} is below the cpu request {request}: the API server would refuse the pod")
+        return limit
+
+
+_SI = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+
+
+def _cpu_cores(quantity: str) -> float:
+    """A quantity that matched QUANTITY, in cores (``500m`` is 0.5)."""
+    number = quantity.rstrip("mkMGTi")
+    return float(number) * _SI.get(quantity[len(number) :], 1.0)
 
 
 class KubernetesSpec(_Strict):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from serving import http
 from serving.v2 import OutputSpec
 
 if TYPE_CHECKING:  # pandas costs a second to import; a frame is recognised by its method
@@ -56,9 +57,7 @@ class RouterAdmin:
     """The router's /admin API with its bearer token."""
 
     def __init__(self, base_url: str, token: str, timeout: float = 10.0) -> None:
-        self._http = httpx.Client(
-            base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-        )
+        self._http = http.client(base_url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
 
     def close(self) -> None:
         self._http.close()
@@ -70,10 +69,15 @@ class RouterAdmin:
         self.close()
 
     def weights(self) -> dict[str, int]:
-        return _check(self._http.get("/admin/weights"))["weights"]
+        return self.split()[0]
 
     def incumbent(self) -> str:
-        return _check(self._http.get("/admin/weights"))["incumbent"]
+        return self.split()[1]
+
+    def split(self) -> tuple[dict[str, int], str]:
+        """The live weights and incumbent, read together (one call, one consistent view)."""
+        view = _check(self._http.get("/admin/weights"))
+        return view["weights"], view["incumbent"]
 
     def set_weights(
         self, weights: Mapping[str, int], incumbent: str | None = None, lease_s: float | None = None
@@ -81,12 +85,19 @@ class RouterAdmin:
         """Apply all weights at once (must sum to 100; versions left out get 0), and the incumbent with them
         when given (a promotion or rollback in one atomic change). With ``lease_s`` the router puts all
         traffic back on the incumbent by itself unless the weights are set again within that many seconds."""
+        return self.set_split(weights, incumbent, lease_s)[0]
+
+    def set_split(
+        self, weights: Mapping[str, int], incumbent: str | None = None, lease_s: float | None = None
+    ) -> tuple[dict[str, int], str]:
+        """``set_weights``, answering the split now live: weights and incumbent as the router applied them."""
         body: dict[str, Any] = {"weights": dict(weights)}
         if incumbent is not None:
             body["incumbent"] = incumbent
         if lease_s is not None:
             body["lease_s"] = lease_s
-        return _check(self._http.put("/admin/weights", json=body))["weights"]
+        view = _check(self._http.put("/admin/weights", json=body))
+        return view["weights"], view["incumbent"]
 
     def set_incumbent(self, version: str) -> None:
         _check(self._http.put("/admin/incumbent", json={"version": version}))
@@ -182,7 +193,7 @@ class InferenceClient:
 
     def __init__(self, base_url: str, model_name: str, timeout: float = 10.0) -> None:
         self.model_name = model_name
-        self._http = httpx.Client(base_url=base_url.rstrip("/"), timeout=timeout)
+        self._http = http.client(base_url.rstrip("/"), timeout=timeout)
 
     def close(self) -> None:
         self._http.close()

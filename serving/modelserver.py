@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel
 
-from serving import supervisor
+from serving import http, supervisor
 from serving.artifacts import ArtifactDigestError, ModelDirError, read_settings, verify_artifact
 from serving.wait import wait_until
 
@@ -95,7 +95,7 @@ def _handle(proc: supervisor.ProcessHandle) -> ModelServerHandle:
 def is_ready(url: str, model_name: str, timeout: float = 1.0) -> bool:
     """True if the server at ``url`` is ready and has loaded ``model_name``."""
     try:
-        with httpx.Client(timeout=timeout) as client:
+        with http.client(url, timeout=timeout) as client:
             return (
                 client.get(f"{url}/v2/health/ready").status_code == 200
                 and client.get(f"{url}/v2/models/{model_name}/ready").status_code == 200

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, Field
 
-from serving import supervisor
+from serving import http, supervisor
 from serving.wait import wait_until
 
 DEBIAN_BINARY = "/usr/bin/prometheus"
@@ -88,7 +88,7 @@ def _write_config(path: Path, targets: list[ScrapeTarget], scrape_interval: str,
 
 def _ready(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/-/ready", timeout=1.0).status_code == 200
+        return http.get(f"{url}/-/ready", timeout=1.0).status_code == 200
     except httpx.TransportError:
         return False
 
@@ -180,7 +180,7 @@ def set_targets(handle: PrometheusHandle, targets: list[ScrapeTarget], jobs: Seq
     """Replace the scrape targets (and discovery ``jobs``) of a running Prometheus and reload its config."""
     _write_config(handle.config_path, targets, handle.scrape_interval, jobs)
     try:
-        response = httpx.post(f"{handle.url}/-/reload", timeout=10.0)
+        response = http.post(f"{handle.url}/-/reload", timeout=10.0)
     except httpx.TransportError:
         raise PrometheusError(
             f"prometheus {handle.name} is not answering on {handle.url}: start it again with start_prometheus"
@@ -193,7 +193,7 @@ def set_targets(handle: PrometheusHandle, targets: list[ScrapeTarget], jobs: Seq
 
 def active_targets(handle: PrometheusHandle) -> list[dict]:
     """Prometheus's view of its targets (``/api/v1/targets``): scrape URL, health, last error."""
-    response = httpx.get(f"{handle.url}/api/v1/targets", params={"state": "active"}, timeout=5.0)
+    response = http.get(f"{handle.url}/api/v1/targets", params={"state": "active"}, timeout=5.0)
     response.raise_for_status()
     return [
         {

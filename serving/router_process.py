@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel
 
-from serving import supervisor
+from serving import http, supervisor
 from serving.private_files import write_private
 from serving.routing import RouterConfig
 from serving.wait import wait_until
@@ -35,7 +35,7 @@ class RouterHandle(BaseModel):
 
 def _live(url: str) -> bool:
     try:
-        return httpx.get(f"{url}/v2/health/live", timeout=1.0).status_code == 200
+        return http.get(f"{url}/v2/health/live", timeout=1.0).status_code == 200
     except httpx.TransportError:
         return False
 

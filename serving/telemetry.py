@@ -19,6 +19,8 @@ from collections.abc import Callable
 import httpx
 from pydantic import BaseModel
 
+from serving import http
+
 # Errors the client saw or that count against the version; `shadow` copies and `unready` re-routes are
 # reported separately by the router (see METRICS.md).
 _CLIENT_ERROR_KINDS = 'kind!~"shadow|unready"'
@@ -61,7 +63,7 @@ class Telemetry:
     def __init__(self, url: str, *, job: str | None = None, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
         self.job = job
-        self._client = httpx.Client(base_url=self.url, timeout=timeout)
+        self._client = http.client(self.url, timeout=timeout)
 
     def close(self) -> None:
         self._client.close()

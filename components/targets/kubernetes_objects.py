@@ -59,8 +59,10 @@ def admin_token(run_dir: Path) -> str:
 
 
 def _resources(spec: ResourcesSpec) -> dict[str, Any]:
-    values = {"cpu": spec.cpu, "memory": spec.memory}
-    return {"requests": values, "limits": values}
+    return {
+        "requests": {"cpu": spec.cpu, "memory": spec.memory},
+        "limits": {"cpu": spec.cpu_limit or spec.cpu, "memory": spec.memory},
+    }
 
 
 class KubernetesObjects:

@@ -137,7 +137,7 @@ class LocalTarget:
         return f"http://127.0.0.1:{handle.ports['http']}" if handle else None
 
     def _admin(self) -> RouterAdmin:
-        """The router's admin client, kept while the router keeps its address (a client costs ~20 ms)."""
+        """The router's admin client, kept while the router keeps its address (and its open connection)."""
         url = self._router_url()
         if url is None:
             state = _process_info(self._state_path(ROUTER)).state
@@ -239,15 +239,18 @@ class LocalTarget:
             supervisor.stop(self._state_path(ROUTER))
         self._start_router(router)
 
-    def _persist_routes(self, admin: RouterAdmin, *, unsplit: bool = False) -> Routes:
+    def _persist_routes(
+        self, admin: RouterAdmin, *, unsplit: bool = False, live: tuple[dict[str, int], str] | None = None
+    ) -> Routes:
         """Write the live upstreams and split into router.json (what a crash-restart reads); return the split.
 
         ``unsplit``: write all traffic on the incumbent instead (the live split is leased, see set_routes).
+        ``live``: the split as the router just answered it (saves asking again).
         """
         router = self._router_config()
         assert router is not None, "persisting routes of a router that was never configured"
         upstreams = [UpstreamSpec.model_validate(u) for u in admin.upstreams().values()]
-        weights, incumbent = admin.weights(), admin.incumbent()
+        weights, incumbent = live or admin.split()
         kept = {incumbent: 100} if unsplit else weights
         updated = router.model_copy(update={"upstreams": upstreams, "weights": kept, "incumbent": incumbent})
         if updated != router:  # a step renewing its lease every second changes nothing here
@@ -327,7 +330,8 @@ class LocalTarget:
         if known is not None:
             # The server came back on another port. Re-register; a version with traffic cannot be
             # removed live, so the router restarts from its config with the new address.
-            live = Routes(weights=admin.weights(), primary=admin.incumbent())
+            weights, incumbent = admin.split()
+            live = Routes(weights=weights, primary=incumbent)
             if live.weights.get(upstream.version) or live.primary == upstream.version:
                 self._persist_routes(admin)
                 router = self._router_config()
@@ -401,8 +405,8 @@ class LocalTarget:
     # -- traffic -----------------------------------------------------------------------------------
 
     def routes(self) -> Routes:
-        admin = self._admin()
-        return Routes(weights=admin.weights(), primary=admin.incumbent())
+        weights, incumbent = self._admin().split()
+        return Routes(weights=weights, primary=incumbent)
 
     def set_routes(self, routes: Routes, lease_s: float | None = None) -> Routes:
         """Apply the split and the primary in one atomic router call; the router splits in whole percent.
@@ -417,10 +421,10 @@ class LocalTarget:
             weights[version] = round(weight)
         admin = self._admin()
         try:  # split and primary in one atomic change
-            admin.set_weights(weights, incumbent=routes.primary, lease_s=lease_s)
+            live = admin.set_split(weights, incumbent=routes.primary, lease_s=lease_s)
         except RouterError as exc:
             raise TargetError(f"the router refused {routes.model_dump()}: {exc.message}") from None
-        return self._persist_routes(admin, unsplit=lease_s is not None)
+        return self._persist_routes(admin, unsplit=lease_s is not None, live=live)
 
     def pairs(self, since: PairCursor | None = None, *, since_ts: float | None = None, limit: int = 1000) -> PairPage:
         """Pairs from the router's in-memory ring after ``since``; a router restart resets the cursor."""

@@ -43,6 +43,10 @@ def test_the_factory_picks_the_target_the_config_names(tmp_path: Path) -> None:
             {"target": "kubernetes", "kubernetes": {**KUBE, "model_resources": {"cpu": "lots"}}},
             "kubernetes.model_resources.cpu",
         ),
+        (
+            {"target": "kubernetes", "kubernetes": {**KUBE, "model_resources": {"cpu": "1", "cpu_limit": "500m"}}},
+            "kubernetes.model_resources.cpu_limit",
+        ),
         ({"target": "aws"}, "mlrelease:target"),
     ],
 )
