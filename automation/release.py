@@ -27,9 +27,7 @@ from automation.backend_files import PROJECT_NAME, stack_outputs
 from automation.errors import CommandFailed
 from automation.lock import LockBusy, ReleaseLock
 from automation.stack import EngineProgress, Say, StackContext
-from automation.stack_file import StackFile, StackFileError
 from components.spec import SpecError, load_spec, resolve
-from components.stack_config import namespaced
 from components.targets import factory
 from components.targets.base import Routes, Target, TargetError
 from serving.artifacts import ArtifactDigestError, ModelDirError, artifact_digest, read_settings
@@ -224,16 +222,20 @@ def move_traffic(
 ) -> Routes:
     """All traffic to ``version`` in one call, every other version at 0: the first, instant half of a rollback.
 
-    The previous version is normally warm; if it is not (an unverified release attempt replaced it), it is
-    deployed first — its digest checked — which costs a server start instead of one router call.
+    The previous version is normally warm: one router call (a split naming one version leaves the others at 0).
+    If it is not (an unverified release attempt replaced it), it is deployed first — its digest checked — which
+    costs a server start instead.
     """
-    live = target.routes()
-    if version not in live.weights:
-        if model_dir is None or sha256 is None:
-            raise TargetError(f"{version} is not deployed")
-        target.deploy(version, model_dir, sha256, output)
-    weights = {v: 0.0 for v in live.weights} | {version: 100.0}
-    return target.set_routes(Routes(weights=weights, primary=version))
+    only = Routes(weights={version: 100.0}, primary=version)
+    try:
+        return target.set_routes(only)
+    except TargetError:
+        if version in target.routes().weights:
+            raise  # deployed, and refused for another reason
+    if model_dir is None or sha256 is None:
+        raise TargetError(f"{version} is not deployed")
+    target.deploy(version, model_dir, sha256, output)
+    return target.set_routes(only)
 
 
 def _effective(config: dict[str, Any]) -> dict[str, Any]:
@@ -313,24 +315,23 @@ def rollback(
 
 
 def _recorded_previous(ctx: StackContext) -> tuple[str, Target] | None:
-    """The version a rollback restores and the target serving it, from files alone: the backend's latest
-    checkpoint (its ``verified`` output) and the stack file (its target, and an earlier rollback's marker).
+    """The version a rollback restores and the target serving it, from the backend's latest checkpoint file.
 
-    None when they cannot say (not a file:// backend, no verified predecessor, a config that names no reachable
-    target): the rollback then asks the engine, as it always does afterwards to converge.
+    Its ``verified`` output names the previous version, and the live release's config names the target live
+    traffic is on. After a finished restore (``restored_from``) the live version is the one restored, so a
+    re-run moves nothing; an unfinished one (killed before its converge's checkpoint) still names the restored
+    version as previous. None when the file cannot say (not a file:// backend, nothing verified, no
+    predecessor): the rollback then asks the engine, as it always does afterwards to converge.
     """
-    outputs = stack_outputs(ctx.env["PULUMI_BACKEND_URL"], PROJECT_NAME, ctx.name)
-    try:
-        config = namespaced(StackFile(ctx.config_file).config())
-    except StackFileError:
+    verified = (stack_outputs(ctx.env["PULUMI_BACKEND_URL"], PROJECT_NAME, ctx.name) or {}).get("verified")
+    if not isinstance(verified, dict) or not isinstance(verified.get("config"), dict):
         return None
-    marker = config.get("restore") if isinstance(config.get("restore"), dict) else {}
-    previous = ((outputs or {}).get("verified") or {}).get("previous") or {}
-    version = marker.get("version") or previous.get("version")
-    if not outputs or not isinstance(version, str):
+    named = verified.get("live") if verified.get("restored_from") else verified.get("previous")
+    version = (named or {}).get("version")
+    if not isinstance(version, str):
         return None
     try:
-        return version, factory.for_config(ctx.project_dir, ctx.name, config)
+        return version, factory.for_config(ctx.project_dir, ctx.name, verified["config"])
     except TargetError:
         return None
 

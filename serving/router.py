@@ -528,8 +528,17 @@ class Router:
 
         Checking before the swap means a candidate added at weight 0 is known ready (or not) the moment it
         is routable, and ``split_version`` reported back confirms a split whose upstreams were checked.
+        A leased split is held until its ``lease_until`` (the lease loop reverts it then); one already past it,
+        as a replica that starts or re-reads after its writer died finds it, is applied unsplit.
         """
         table = split.table()
+        lease_until = None
+        if split.lease_until is not None:
+            left = split.lease_until - time.time()
+            if left > 0:
+                lease_until = time.monotonic() + left
+            else:
+                table = table.with_weights({table.incumbent: 100})
         for name, spec in table.upstreams.items():
             if name not in self.table.upstreams and self._connector is not None:
                 url = urlsplit(spec.url)
@@ -539,6 +548,7 @@ class Router:
             self.ready.pop(gone, None)
             self.health.pop(gone, None)
         self.table, self.faults, self.split_version = table, dict(split.faults), version
+        self.lease_until = lease_until
 
     async def get_weights(self, _request: web.Request) -> web.Response:
         return _json(self._weights_view())

@@ -224,6 +224,9 @@ class Split(BaseModel):
     weights: dict[str, int] = {}
     incumbent: str = ""
     faults: dict[str, Fault] = {}
+    # A canary step's split is leased: past this unix time every replica puts all traffic on the incumbent by
+    # itself, unless the step has written a later one (a killed `pulumi up` leaves no split behind).
+    lease_until: float | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Split:

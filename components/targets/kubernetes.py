@@ -22,6 +22,7 @@ import contextlib
 import json
 import re
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -331,7 +332,14 @@ class KubernetesTarget:
             incumbent = split.incumbent or version
             weights = {**split.weights, version: 0} if split.upstreams else {version: 100}
             self._write_split(
-                Split(upstreams=upstreams, weights=weights, incumbent=incumbent, faults=split.faults), read
+                Split(
+                    upstreams=upstreams,
+                    weights=weights,
+                    incumbent=incumbent,
+                    faults=split.faults,
+                    lease_until=split.lease_until,  # adding a version at 0 keeps a step's lease
+                ),
+                read,
             )
         state = self.deployment(version)
         assert state is not None
@@ -373,6 +381,7 @@ class KubernetesTarget:
                 weights={v: w for v, w in split.weights.items() if v != version},
                 incumbent=split.incumbent,
                 faults={v: f for v, f in split.faults.items() if v != version},
+                lease_until=split.lease_until,
             ),
             read,
         )
@@ -386,8 +395,9 @@ class KubernetesTarget:
     def set_routes(self, routes: Routes, lease_s: float | None = None) -> Routes:
         """The split object updated and confirmed on every replica.
 
-        ``lease_s`` is not held here yet (the replicas follow the object only, docs/kubernetes.md); a leased
-        call that changes nothing (a step renewing its lease every second) writes nothing.
+        With ``lease_s`` the object carries ``lease_until`` and every replica reverts to the incumbent by
+        itself once it passes. A step renews every second; an unchanged split is rewritten only once a third
+        of its lease has gone, so the API server sees a write per ``lease_s / 3``, not per second.
         """
         split, read = self._read_split()
         known = {u.version for u in split.upstreams}
@@ -395,11 +405,20 @@ class KubernetesTarget:
         if unknown or routes.primary not in known:
             raise TargetError(f"cannot route to {unknown or [routes.primary]}: not deployed in {self.namespace}")
         weights = {v: round(routes.weights.get(v, 0)) for v in known}
+        now = time.time()
         try:
-            new = Split(upstreams=split.upstreams, weights=weights, incumbent=routes.primary, faults=split.faults)
+            new = Split(
+                upstreams=split.upstreams,
+                weights=weights,
+                incumbent=routes.primary,
+                faults=split.faults,
+                lease_until=None if lease_s is None else now + lease_s,
+            )
         except ValueError as exc:
             raise TargetError(f"invalid split {routes.weights}: {exc}") from None
-        if lease_s is not None and (new.weights, new.incumbent) == (split.weights, split.incumbent):
+        unchanged = (new.weights, new.incumbent) == (split.weights, split.incumbent)
+        fresh = split.lease_until is not None and lease_s is not None and split.lease_until - now > lease_s * 2 / 3
+        if unchanged and fresh:
             return self.routes()
         self._write_split(new, read)
         return self.routes()

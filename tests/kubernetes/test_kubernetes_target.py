@@ -167,6 +167,8 @@ def test_a_good_candidate_is_promoted_while_the_router_pods_are_deleted_mid_step
             return _split(kube)["weights"].get("v2") == 50
 
         wait_until(second_step, 600, "the 50 % step", interval=0.2)
+        leased = _split(kube)["lease_until"]  # a step's split is leased: a killed step's split reverts by itself
+        assert leased is not None and leased > time.time(), f"the 50 % step's split is not leased: {leased}"
         pods = _router_pods(kube)
         for pod in pods:
             kube.request("DELETE", f"/api/v1/namespaces/{NAMESPACE}/pods/{pod}")
@@ -192,6 +194,7 @@ def test_a_good_candidate_is_promoted_while_the_router_pods_are_deleted_mid_step
     assert [s["weight"] for s in report["canary"]] == [5, 50, 100]
     split = _split(kube)
     assert split["weights"] == {"v1": 0, "v2": 100} and split["incumbent"] == "v2"
+    assert split["lease_until"] is None, "the promoted split must not revert"
     assert _infer(kube, _rows(kproject)) == (200, "v2")
     print(f"router pods replaced and on the live split in {restart_s:.1f}s")
 

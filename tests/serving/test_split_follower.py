@@ -8,6 +8,8 @@ tests/kubernetes).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
 from aiohttp.test_utils import TestClient, TestServer
@@ -68,3 +70,33 @@ def test_the_split_document_round_trips_through_json() -> None:
     up = UpstreamSpec(version="v1", url="http://m-v1.ns.svc:8080", model_name="m")
     split = Split(upstreams=[up], weights={"v1": 100}, incumbent="v1")
     assert Split.model_validate_json(split.model_dump_json()) == split
+
+
+def test_a_leased_split_reverts_at_its_lease_and_an_expired_one_is_applied_unsplit(tmp_path: Path) -> None:
+    """What a replica does with a killed step's split: the step's lease runs out, the replica reverts by
+    itself; a replica that starts (or re-reads) after that applies the stale split unsplit."""
+
+    async def scenario() -> None:
+        router = _router(tmp_path)
+        async with TestClient(TestServer(router.app())) as client:
+            upstreams = [UpstreamSpec(version=v, url=f"http://m-{v}.ns.svc:8080", model_name="m") for v in ("v1", "v2")]
+            leased = Split(upstreams=upstreams, weights={"v1": 50, "v2": 50}, incumbent="v1")
+            applied_at = time.time()
+            await router.apply_split(leased.model_copy(update={"lease_until": applied_at + 1.0}), "10")
+            view = await (await client.get("/admin/weights", headers={"X-Mlrelease-Token": TOKEN})).json()
+            assert view["weights"] == {"v1": 50, "v2": 50} and 0 < view["lease_remaining_s"] <= 1.0
+            deadline = time.monotonic() + 10
+            while router.table.weights["v2"] and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)  # polling the router's own state, with a deadline
+            assert router.table.weights == {"v1": 100, "v2": 0}, "the leased split was not reverted"
+            assert time.time() - applied_at >= 1.0, "reverted before its lease ran out"
+            expired = router.metrics.registry.get_sample_value("mlrelease_split_lease_expired_total")
+            assert expired == 1
+
+            await router.apply_split(leased.model_copy(update={"lease_until": time.time() - 5}), "11")
+            assert router.table.weights == {"v1": 100, "v2": 0} and router.split_version == "11"
+            assert router.lease_until is None
+            await router.apply_split(leased, "12")  # an unleased split stays as written
+            assert router.table.weights == {"v1": 50, "v2": 50} and router.lease_until is None
+
+    loadgen.run(scenario())
