@@ -6,12 +6,13 @@ the config releases one sample variant with the sample held-out set and drift wi
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from automation.engine import PROJECT_DIR, VENV_DIR
-from serving.sample_models import SampleModels
-from serving.sample_windows import SampleWindows
+from serving.sample_models import SampleModels, build_sample_models
+from serving.sample_windows import SampleWindows, build_sample_windows
 
 
 def copy_program(dest: Path) -> Path:
@@ -38,3 +39,22 @@ def sample_config(
             "drift_current": str(windows.shifted if shifted else windows.current),
         },
     }
+
+
+class Sandbox(NamedTuple):
+    """What a benchmark releases: the sample models and drift windows, a program copy, its backend's environment."""
+
+    models: SampleModels
+    windows: SampleWindows
+    project: Path
+    env: dict[str, str]
+
+
+def sandbox(root: Path, passphrase: str = "bench") -> Sandbox:
+    """Build the samples, a copy of the program and a fresh ``file://`` backend under ``root``."""
+    models = build_sample_models(root / "sample")
+    windows = build_sample_windows(models.holdout.parent)
+    project = copy_program(root / "project")
+    (root / "state").mkdir()
+    env = {**os.environ, "PULUMI_BACKEND_URL": (root / "state").as_uri(), "PULUMI_CONFIG_PASSPHRASE": passphrase}
+    return Sandbox(models, windows, project, env)

@@ -11,7 +11,6 @@ seconds, and the ratio of recovery against the baseline measured in the same run
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -20,11 +19,9 @@ from pathlib import Path
 from automation.drill import FAULTS, drill
 from automation.engine import select_stack
 from automation.release import rollback
-from automation.sandbox import copy_program, sample_config
+from automation.sandbox import sample_config, sandbox
 from automation.stack import StackContext
 from components.targets.local import LocalTarget
-from serving.sample_models import build_sample_models
-from serving.sample_windows import build_sample_windows
 
 STACK = "drill"
 CANARY = {"steps": [5, 50, 100], "min_pairs": 120, "max_bake_seconds": 60, "synthetic_rps": 80}
@@ -47,12 +44,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        models = build_sample_models(root / "sample")
-        windows = build_sample_windows(models.holdout.parent)
-        project = copy_program(root / "project")
-        (root / "state").mkdir()
-        env = {**os.environ, "PULUMI_BACKEND_URL": (root / "state").as_uri(), "PULUMI_CONFIG_PASSPHRASE": "bench"}
+        models, windows, project, env = sandbox(Path(tmp))
         select_stack(STACK, work_dir=project, env=env)  # create it
         ctx = StackContext(STACK, project_dir=project, env=env)
 

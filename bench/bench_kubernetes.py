@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -29,13 +28,11 @@ from typing import Any
 from automation.drill import drill
 from automation.engine import select_stack
 from automation.release import promote
-from automation.sandbox import copy_program, sample_config
+from automation.sandbox import sample_config, sandbox
 from automation.stack import StackContext
 from cluster.layout import Layout
 from components.targets.base import Routes
 from components.targets.kube_api import KubeAPI
-from serving.sample_models import build_sample_models
-from serving.sample_windows import build_sample_windows
 
 CANARY = {"steps": [5, 50, 100], "bake_seconds": 0, "min_pairs": 120, "max_bake_seconds": 90, "synthetic_rps": 80}
 GATES = {"latency": {"p99_ms": 2000, "p50_ms": 1000, "requests": 600, "max_ratio": 10}, "memory": {"max_mb": 640}}
@@ -88,11 +85,7 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        models = build_sample_models(root / "sample")
-        windows = build_sample_windows(models.holdout.parent)
-        project = copy_program(root / "project")
-        (root / "state").mkdir()
-        env = {**os.environ, "PULUMI_BACKEND_URL": (root / "state").as_uri(), "PULUMI_CONFIG_PASSPHRASE": "bench"}
+        models, windows, project, env = sandbox(root)
         contexts = []
         try:
             for kind in ("local", "kubernetes"):

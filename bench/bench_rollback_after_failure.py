@@ -18,18 +18,15 @@ divergent candidate fail its canary (``promote`` outcome ``rolled_back``), then 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 from pathlib import Path
 
 from automation.engine import select_stack
 from automation.release import promote, rollback
-from automation.sandbox import copy_program, sample_config
+from automation.sandbox import sample_config, sandbox
 from automation.stack import StackContext
 from components.targets.local import LocalTarget
-from serving.sample_models import build_sample_models
-from serving.sample_windows import build_sample_windows
 
 CANARY = {"steps": [5, 50, 100], "min_pairs": 120, "max_bake_seconds": 60, "synthetic_rps": 80}
 # The release flow's roomy latency bounds (tests/engine/conftest.py says why): this measures the rollback.
@@ -47,12 +44,7 @@ def main() -> None:
     parser.add_argument("--baseline-runs", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        models = build_sample_models(root / "sample")
-        windows = build_sample_windows(models.holdout.parent)
-        project = copy_program(root / "project")
-        (root / "state").mkdir()
-        env = {**os.environ, "PULUMI_BACKEND_URL": (root / "state").as_uri(), "PULUMI_CONFIG_PASSPHRASE": "bench"}
+        models, windows, project, env = sandbox(Path(tmp))
         seconds: dict[str, list[float]] = {name: [] for name in WINDOWS}
         try:
             for name, window in WINDOWS.items():
