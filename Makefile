@@ -16,7 +16,7 @@ demo: setup
 ifeq ($(TARGET),kubernetes)
 	@bash scripts/cluster.sh up
 endif
-	$(PY) -m automation.demo --target $(TARGET)
+	$(PY) -m automation.demo --target $(TARGET) $(ARGS)
 
 test: setup cluster-tools lint
 	$(PY) -m pytest

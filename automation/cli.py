@@ -317,6 +317,59 @@ def status(stack: StackOpt, as_json: JsonOpt = False, project_dir: ProjectOpt = 
     )
 
 
+@app.command()
+def dashboard(
+    stack: StackOpt,
+    port: Annotated[int, typer.Option(help="port on 127.0.0.1 (0: any free port, printed)")] = 0,
+    grafana: Annotated[
+        Path | None, typer.Option("--grafana", help="write the same panels as Grafana dashboard JSON to FILE, exit")
+    ] = None,
+    project_dir: ProjectOpt = PROJECT_DIR,
+) -> None:
+    """One live page of every release and infrastructure signal with its limit (127.0.0.1), or its Grafana JSON."""
+    from dashboard.panels import check_stack
+
+    try:
+        check_stack(stack)
+    except ValueError as exc:
+        raise _fail(ValueError(f"--stack: {exc}"), 2) from None
+    if grafana is not None:
+        from dashboard.grafana import build_dashboard
+
+        try:
+            grafana.write_text(json.dumps(build_dashboard(stack), indent=2) + "\n")
+        except OSError as exc:
+            raise _fail(
+                ValueError(f"--grafana {grafana}: cannot write it ({exc.strerror}): pick a writable path"), 2
+            ) from None
+        typer.echo(f"dashboard: wrote {grafana}: import it in Grafana, then pick the Prometheus and the stack")
+        return
+    if not 0 <= port <= 65535:
+        raise _fail(ValueError(f"--port {port} is not a TCP port: use 1-65535, or 0 for any free port"), 2)
+    from components.targets.factory import run_dir
+    from dashboard.page import Source, locate, make_app, serve
+
+    where = run_dir(project_dir, stack)
+    if locate(where).prometheus is None:
+        raise _fail(
+            ValueError(
+                f"stack {stack} has no runtime on this machine (no Prometheus running in {where}): run"
+                f" `mlrelease promote --stack {stack} --model DIR` or `pulumi up -s {stack}` first"
+            ),
+            2,
+        )
+    project = yaml.safe_load((Path(project_dir) / "Pulumi.yaml").read_text())["name"]
+    source = Source(stack=stack, run_dir=where, backend_url=engine_env()["PULUMI_BACKEND_URL"], project=project)
+    try:
+        serve(make_app(source), port, lambda url: typer.echo(f"dashboard: {url}"))
+    except OSError as exc:
+        raise _fail(
+            ValueError(f"--port {port}: cannot listen on 127.0.0.1 ({exc.strerror}): pick another"), 2
+        ) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(0) from None
+
+
 def main() -> None:
     """Entry point of the ``mlrelease`` console script."""
     app()

@@ -6,8 +6,10 @@ replicas, every object created by pulumi-kubernetes and every request sent throu
 
 On a ``demo`` stack of the local ``file://`` backend it deploys v1, promotes v2 through every canary step,
 blocks a worse candidate at a gate (the preview fails; state and traffic stay as they were), catches a
-divergent candidate in the canary (traffic returns to v2 at once), printing each verdict, and rolls back to
-v1 with ``mlrelease rollback`` (traffic first, then the recorded config converged). At the end the stack
+divergent candidate in the canary (traffic returns to v2 at once), printing each verdict, and drills the
+rollback: errors are injected into v2 and the watcher, with no human, rolls back to v1 (traffic first, then
+the recorded config converged). The dashboard (``mlrelease dashboard``) runs beside it from the first
+release, and its address is printed at the start and the end. At the end the stack
 is destroyed (its history is kept) unless ``--keep`` is given. The config is ``Pulumi.staging.yaml``'s, with
 smaller canary steps so the story takes a few minutes.
 """
@@ -20,23 +22,28 @@ import sys
 import time
 from typing import Any
 
+import httpx
 import yaml
 from pulumi import automation as auto
 from rich.console import Console
 
-from automation.engine import PROJECT_DIR, select_stack
-from automation.release import rollback
+from automation.drill import drill
+from automation.engine import PROJECT_DIR, VENV_DIR, engine_env, select_stack
 from automation.stack import StackContext
 from components.targets import factory
 from components.targets.base import Target
 from components.targets.kube_api import KubeAPI
+from serving import http, supervisor
 from serving.sample_models import SampleModels, build_sample_models
 from serving.sample_windows import build_sample_windows
+from serving.wait import wait_until
 
 SAMPLE_DIR = PROJECT_DIR / ".mlrelease" / "sample"
 STACK = "demo"
 K8S_STACK = "demo-k8s"
 K8S_NAMESPACE = "mlrelease-demo"
+DRILL_BUDGET_S = 300.0
+DASHBOARD = "dashboard"
 console = Console(highlight=False)
 
 
@@ -121,6 +128,26 @@ def failure_line(exc: auto.CommandError) -> str:
     return "see `pulumi stack history`"
 
 
+def start_dashboard(stack: str) -> str:
+    """``mlrelease dashboard`` for the demo stack, supervised in its run directory (so ``--keep`` leaves it up)."""
+    run_dir = factory.run_dir(PROJECT_DIR, stack)
+    running = supervisor.running_handle(DASHBOARD, run_dir)
+    port = running.ports["http"] if running else supervisor.free_port()
+    argv = [str(VENV_DIR / "bin" / "mlrelease"), "dashboard", "--stack", stack, "--port", str(port)]
+    argv += ["--project-dir", str(PROJECT_DIR)]
+    supervisor.start_process(DASHBOARD, argv, run_dir, env=engine_env(), ports={"http": port})
+    url = f"http://127.0.0.1:{port}/"
+
+    def answers() -> bool:
+        try:
+            return http.get(url, timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    wait_until(answers, 60, f"the dashboard on {url}")
+    return url
+
+
 def run(keep: bool, target_kind: str = "local") -> int:
     started = time.monotonic()
     console.rule(f"mlrelease demo: {target_kind} target, real Pulumi engine, real model servers")
@@ -134,7 +161,7 @@ def run(keep: bool, target_kind: str = "local") -> int:
         config.update(target="kubernetes", kubernetes=kubernetes_section(name))
         console.print(f"release objects go to namespace {K8S_NAMESPACE} of the local cluster (make cluster-status)")
     stack.destroy(on_output=lambda _line: None)  # a kept earlier demo: start the story from nothing
-    ok = True
+    ok, board = True, None
     try:
         version = configure(stack, config, built, "incumbent")
         console.print(f"\n[bold]1. deploy {version}[/] (first release: absolute gates, then 100 %)")
@@ -142,6 +169,8 @@ def run(keep: bool, target_kind: str = "local") -> int:
         show_gates(stack)
         target = factory.for_config(PROJECT_DIR, name, config)
         console.print(f"    live: {routes(target)}")
+        board = start_dashboard(name)
+        console.print(f"    dashboard: [bold]{board}[/] (live from here on)")
 
         version = configure(stack, config, built, "good")
         console.print(f"\n[bold]2. promote {version}[/] through the canary steps")
@@ -166,13 +195,21 @@ def run(keep: bool, target_kind: str = "local") -> int:
                 ok = False
             after = routes(target)
             console.print(f"    live: {after}" + ("  (unchanged)" if after == before else ""))
-        console.print("\n[bold]5. roll back[/] to the verified previous release (traffic first, then state)")
-        report = rollback(StackContext(name), "demo: operator rollback", lambda _line: None)
-        traffic = "with the converge" if report.traffic_seconds is None else f"in {report.traffic_seconds:.2f}s"
         console.print(
-            f"    [green]{report.outcome}[/]: traffic on {report.restored['version']} {traffic},"
-            f" stack converged in {report.converge_seconds:.1f}s"
+            "\n[bold]5. a drill[/]: errors injected into the live version; the watcher rolls back by itself"
+            " (traffic first, then state)"
         )
+        report = drill(StackContext(name), "error", DRILL_BUDGET_S, lambda _line: None)
+        restored = report.restored_version
+        if report.outcome == "recovered":
+            console.print(
+                f"    [green]recovered[/]: breach detected after {report.detection_seconds:.1f}s, traffic on {restored}"
+                f" {report.traffic_seconds or 0:.2f}s after the rollback fired, recovered in"
+                f" {report.recovery_seconds:.1f}s (budget {report.budget_seconds:g}s)"
+            )
+        else:
+            console.print(f"    [red]drill failed[/]: {report.problem}")
+            ok = False
         console.print(f"    live: {routes(target)}")
         history = stack.history()
         verified = stack.outputs()["verified"].value["live"]["version"]
@@ -180,8 +217,13 @@ def run(keep: bool, target_kind: str = "local") -> int:
             f"\nverified checkpoint: {verified}; stack history: " + ", ".join(f"{h.result}" for h in reversed(history))
         )
     finally:
+        if board:
+            console.print(f"\ndashboard: [bold]{board}[/]" + ("" if keep else " (stops with the demo stack)"))
         if not keep:
             stack.destroy(on_output=lambda _line: None)
+            dashboard_state = factory.run_dir(PROJECT_DIR, name) / DASHBOARD / supervisor.STATE_FILE
+            if dashboard_state.exists():
+                supervisor.stop(dashboard_state)
             console.print("demo stack destroyed (its history is kept); run with --keep to leave it serving")
     console.rule(f"done in {time.monotonic() - started:.0f}s")
     return 0 if ok else 1

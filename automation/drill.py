@@ -22,7 +22,9 @@ from automation.errors import CommandFailed
 from automation.lock import holder
 from automation.stack import Say, StackContext
 from automation.watch import Watcher
+from components.targets import factory
 from components.targets.base import Fault, TargetError
+from serving.release_metrics import ReleaseMetrics
 
 DRILL_DIR = "drills"
 TAG = "mlrelease:last-drill"
@@ -83,6 +85,7 @@ def drill(ctx: StackContext, fault: FaultKind, budget_seconds: float, say: Say) 
     """Inject ``fault`` into the live version and measure the watcher's rollback; always writes a report."""
     faulty, previous = _preconditions(ctx)
     watcher = Watcher(ctx, lambda line: say(f"watch: {line}"))
+    watcher.trigger = "drill"
     deadline = time.monotonic() + BASELINE_TIMEOUT_S
     while not watcher.look().healthy:
         if watcher.fired.is_set():
@@ -142,6 +145,7 @@ def _keep(ctx: StackContext, report: DrillReport) -> DrillReport:
     path = directory / f"{ctx.name}-{report.started_at:%Y%m%dT%H%M%SZ}-{report.fault}.json"
     report = report.model_copy(update={"report_path": str(path)})
     path.write_text(report.model_dump_json(indent=2) + "\n")
+    ReleaseMetrics(factory.run_dir(ctx.project_dir, ctx.name)).drill(report.model_dump(mode="json"))
     seconds = f"detect {report.detection_seconds or 0:.1f}s recover {report.recovery_seconds or 0:.1f}s"
     ctx.stack.set_tag(TAG, f"{report.outcome} {report.fault} {seconds} at {report.started_at:%Y-%m-%dT%H:%M:%SZ}")
     return report

@@ -31,6 +31,7 @@ from components.spec import SpecError, load_spec, resolve
 from components.targets import factory
 from components.targets.base import Routes, Target, TargetError
 from serving.artifacts import ArtifactDigestError, ModelDirError, artifact_digest, read_settings
+from serving.release_metrics import ReleaseMetrics
 from serving.v2 import DEFAULT_OUTPUT, OutputSpec
 
 PROMOTE_EXIT = {"promoted": 0, "blocked": 3, "rolled_back": 4}
@@ -298,18 +299,24 @@ def _plan(ctx: StackContext, reason: str) -> tuple[dict[str, Any], bool]:
 
 
 def rollback(
-    ctx: StackContext, reason: str, say: Say, *, fired_at: float | None = None, warm: str | None = None
+    ctx: StackContext,
+    reason: str,
+    say: Say,
+    *,
+    fired_at: float | None = None,
+    warm: str | None = None,
+    trigger: str = "operator",
 ) -> RollbackReport:
     """Traffic to the verified previous version, then its recorded config converged; safe to re-run.
 
     ``warm`` (the watcher knows it) is the previous version already serving: traffic moves to it before the
     stack's outputs and config are read, which costs engine calls; if the stack then names another target,
-    traffic moves again.
+    traffic moves again. ``trigger`` (``watch``, ``drill``, ``operator``) labels the rollback counter.
     """
     fired_at = time.time() if fired_at is None else fired_at
     try:
         with ReleaseLock(ctx.project_dir, ctx.name, "rollback"):
-            return _rollback(ctx, reason, say, fired_at, warm)
+            return _rollback(ctx, reason, say, fired_at, warm, trigger)
     except LockBusy as exc:
         raise CommandFailed(str(exc)) from None
 
@@ -336,7 +343,9 @@ def _recorded_previous(ctx: StackContext) -> tuple[str, Target] | None:
         return None
 
 
-def _rollback(ctx: StackContext, reason: str, say: Say, fired_at: float, warm: str | None) -> RollbackReport:
+def _rollback(
+    ctx: StackContext, reason: str, say: Say, fired_at: float, warm: str | None, trigger: str
+) -> RollbackReport:
     clock = time.monotonic()
     moved: str | None = None
     traffic_seconds = moved_at = None
@@ -369,6 +378,8 @@ def _rollback(ctx: StackContext, reason: str, say: Say, fired_at: float, warm: s
         say(f"stack {ctx.name} is already rolled back to {version}: confirming with an up")
     else:
         say(f"converging stack {ctx.name} to the recorded config of {version}")
+        # Counted once per rollback: a re-run that finds it done (or finishes it after a crash) is not another.
+        ReleaseMetrics(factory.run_dir(ctx.project_dir, ctx.name)).rollback(trigger)
     ctx.write_config(config)
     converge = time.monotonic()
     progress = EngineProgress(say)

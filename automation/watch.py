@@ -26,12 +26,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from automation import live_drift
 from automation.errors import CommandFailed
 from automation.lock import holder
 from automation.release import RollbackReport, restore_finished, rollback
 from automation.stack import Say, StackContext
 from components.spec import ReleaseSpec, SpecError, load_spec
+from components.targets import factory
 from components.targets.base import PairCursor, TargetError
+from serving.release_metrics import ReleaseMetrics
 from verification.health import (
     HealthVerdict,
     SignalResult,
@@ -93,6 +96,10 @@ class Watcher:
             last_data_at=None,
         )
         self.fired = threading.Event()
+        self.trigger = "watch"  # what the rollbacks it fires are counted as (a drill's watcher says "drill")
+        self.metrics = ReleaseMetrics(factory.run_dir(ctx.project_dir, ctx.name))
+        self.live_drift_at = 0.0
+        self.live_drift_thread = threading.Thread()
         self._fresh(time.time())
 
     def _spec(self) -> ReleaseSpec:
@@ -114,12 +121,32 @@ class Watcher:
         marker = self.ctx.config().get("restore")
         self.interrupted = marker if isinstance(marker, dict) and not restore_finished(marker, verified) else None
 
+    def _check_live_drift(self, live: str, now: float) -> None:
+        """Every ``live_drift.INTERVAL_S``, the live inputs' drift, in a thread: it reads parquet and must not
+        delay a look (the drill measures detection in seconds)."""
+        if now - self.live_drift_at < live_drift.INTERVAL_S or self.live_drift_thread.is_alive():
+            return
+        self.live_drift_at = now
+        log_dir = factory.run_dir(self.ctx.project_dir, self.ctx.name) / "log"
+
+        def check() -> None:
+            try:
+                report = live_drift.live_drift(self.spec, Path(self.ctx.project_dir), log_dir, live, now)
+            except live_drift.LiveDriftUnavailable:
+                return  # nothing to export yet; the panel says "no data"
+            self.metrics.live_drift(report)
+
+        self.live_drift_thread = threading.Thread(target=check, name="live-drift", daemon=True)
+        self.live_drift_thread.start()
+
     def _write(self) -> None:
         path = state_path(self.ctx.project_dir, self.ctx.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(self.state.model_dump_json(indent=2))
         os.replace(tmp, path)
+        signals = self.state.verdict.signals if self.state.verdict else []
+        self.metrics.watch(self.state.phase, [s.model_dump(mode="json") for s in signals], self.state.updated_at)
 
     # -- one look ----------------------------------------------------------------------------------
 
@@ -185,6 +212,8 @@ class Watcher:
             }
         )
         self._write()
+        if live is not None:
+            self._check_live_drift(live, now)
         if verdict.breached:
             self.fire(verdict)
         return verdict
@@ -208,7 +237,7 @@ class Watcher:
         self.state = self.state.model_copy(update={"phase": "fired", "fired_at": now, "breach": breach})
         self._write()
         try:
-            report = rollback(self.ctx, reason, self.say, fired_at=now, warm=warm)
+            report = rollback(self.ctx, reason, self.say, fired_at=now, warm=warm, trigger=self.trigger)
         except CommandFailed as exc:
             self.state = self.state.model_copy(update={"phase": "failed", "error": str(exc)})
             self._write()

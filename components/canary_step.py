@@ -21,6 +21,7 @@ from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateRes
 from components.spec import CanarySpec
 from components.targets.base import TargetError
 from components.targets.factory import for_props as target
+from serving.release_metrics import ReleaseMetrics
 
 _INPUTS = ("candidate", "incumbent", "weight", "canary", "restore")
 
@@ -79,6 +80,7 @@ class CanaryStepProvider(ResourceProvider):
             spec=CanarySpec.model_validate(props["canary"]),
             progress=_say,
         )
+        ReleaseMetrics(props["run_dir"]).canary(result.model_dump(mode="json"))
         if not result.passed:
             raise CanaryStepFailed(result.explanation)
         if props["weight"] >= 100:

@@ -16,6 +16,8 @@ from typing import Any
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
+from serving.release_metrics import ReleaseMetrics
+
 # Inputs whose change is a different verified release.
 _RECORDED = (
     "live",
@@ -31,11 +33,19 @@ _RECORDED = (
 )
 
 
+def _export(outs: dict[str, Any]) -> None:
+    """The verified versions (and a promoted release) as the stack's textfile metrics; ``run_dir`` is not recorded
+    as part of the release (state written before it was passed has none, and exports nothing)."""
+    if outs.get("run_dir"):
+        ReleaseMetrics(outs["run_dir"]).checkpoint(outs)
+
+
 class VerifiedCheckpointProvider(ResourceProvider):
     """Stamps the time a release was verified; everything else is recorded as given."""
 
     def create(self, props: dict[str, Any]) -> CreateResult:
         outs = {**props, "verified_at": time.time()}
+        _export(outs)
         return CreateResult(id_=f"{props['live']['version']}@{outs['verified_at']:.0f}", outs=outs)
 
     def diff(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> DiffResult:
@@ -43,7 +53,9 @@ class VerifiedCheckpointProvider(ResourceProvider):
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
     def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        return UpdateResult(outs={**news, "verified_at": time.time()})
+        outs = {**news, "verified_at": time.time()}
+        _export(outs)
+        return UpdateResult(outs=outs)
 
 
 class VerifiedCheckpoint(pulumi.dynamic.Resource):

@@ -252,6 +252,7 @@ class ModelDeployment(pulumi.ComponentResource):
                 "verdicts": [step.verdict for step in self.steps],
                 "previous_release": roles.apply(lambda r: r["previous_release"]),
                 "restored_from": spec.restore.from_version if spec.restore else None,
+                "run_dir": str(run_dir),
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
         )

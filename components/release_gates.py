@@ -19,6 +19,7 @@ from pulumi.dynamic import CheckFailure, CheckResult, CreateResult, DiffResult, 
 from components.gate_inputs import DriftFiles, DriftLog, GateInputError, GateInputs, ModelRef, check_model
 from components.policy import GATES_KIND, violations
 from components.spec import ReleaseSpec, resolve
+from serving.release_metrics import ReleaseMetrics
 
 
 def gate_inputs(props: dict[str, Any]) -> GateInputs:
@@ -98,6 +99,8 @@ class ReleaseGatesProvider(ResourceProvider):
             evidence = run_gates(gate_inputs(news), work_dir=Path(news["work_dir"]), cache_dir=Path(news["cache_dir"]))
         except GateInputError as exc:
             return _refused(news, str(exc))
+        # work_dir is <run_dir>/gates: the stack's textfile metrics live beside it.
+        ReleaseMetrics(Path(news["work_dir"]).parent).gates(evidence.model_dump(mode="json"))
         if not evidence.passed:
             return _refused(news, "; ".join(evidence.failures()))
         # "cached" says how this check got the evidence, not what it is: state must not change with it.

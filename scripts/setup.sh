@@ -2,7 +2,7 @@
 # One-command, idempotent setup for a brand-new machine (see README.md).
 #
 # Installs, each only when missing or out of date:
-#   1. Debian packages the local target needs (prometheus), with apt-get;
+#   1. Debian packages the local target needs (prometheus, node exporter, alertmanager; chromium for the page tests), with apt-get;
 #   2. the Python environment .venv from requirements.txt + constraints.txt, with the project installed into it;
 #   3. the Pulumi engine: the CLI built from the Go modules pinned in tools/engine/go.mod (version stamped in),
 #      the Python language host built from tools/engine/langhost, and the release's own launcher scripts.
@@ -14,7 +14,7 @@ PREFIX=setup
 VENV="$ROOT/.venv"
 ENGINE_DIR="$ROOT/tools/engine"
 LANGHOST_DIR="$ENGINE_DIR/langhost"
-DEBIAN_PACKAGES=(prometheus)
+DEBIAN_PACKAGES=(prometheus prometheus-node-exporter prometheus-alertmanager chromium)
 
 # shellcheck source=scripts/lib.sh
 source "$ROOT/scripts/lib.sh"

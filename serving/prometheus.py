@@ -6,6 +6,12 @@ would scrape the wrong things). Each local target runs its own Prometheus: an al
 data directory and a generated scrape config. The config is written as JSON (valid YAML, no YAML
 library needed); ``set_targets`` rewrites it and reloads Prometheus through ``/-/reload`` so a router
 that moved to a new port is scraped again without a restart.
+
+Beside the caller's targets, every config scrapes Prometheus itself (job ``prometheus``) and its companions
+(``serving.monitoring``): node_exporter with the host and the release metrics (job ``node``) and Alertmanager
+(job ``alertmanager``), loads the recording and alerting rules of ``serving/rules/`` (evaluated at the scrape
+interval, so an alert fires one interval after the value that trips it is scraped) and sends alerts to that
+Alertmanager.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from pathlib import Path
 import httpx
 from pydantic import BaseModel, Field
 
-from serving import http, supervisor
+from serving import http, monitoring, supervisor
+from serving.release_metrics import ReleaseMetrics
 from serving.wait import wait_until
 
 DEBIAN_BINARY = "/usr/bin/prometheus"
@@ -61,28 +68,68 @@ def prometheus_binary() -> str:
     return found
 
 
-def scrape_config(targets: list[ScrapeTarget], scrape_interval: str, jobs: Sequence[dict] = ()) -> dict:
+class Companions(BaseModel):
+    """What a Prometheus scrapes and alerts to besides the caller's targets: itself, node_exporter, Alertmanager."""
+
+    targets: list[ScrapeTarget]
+    alertmanagers: list[str]
+    rule_files: list[str]
+
+
+def companions(run_dir: Path, port: int) -> Companions:
+    """Start (or find) the companions of the Prometheus on ``port`` in ``run_dir``."""
+    try:
+        node = monitoring.ensure_node_exporter(run_dir)
+        alertmanager = monitoring.ensure_alertmanager(run_dir)
+    except monitoring.MonitoringError as exc:
+        raise PrometheusError(str(exc)) from None
+    ReleaseMetrics(run_dir).publish_counters()
+    return Companions(
+        targets=[
+            ScrapeTarget(job="prometheus", address=f"127.0.0.1:{port}"),
+            ScrapeTarget(job="node", address=node.address),
+            ScrapeTarget(job="alertmanager", address=alertmanager.address),
+        ],
+        alertmanagers=[alertmanager.address],
+        rule_files=[str(monitoring.RULES_DIR / "*.yml")],
+    )
+
+
+def scrape_config(
+    targets: list[ScrapeTarget], scrape_interval: str, jobs: Sequence[dict] = (), extra: Companions | None = None
+) -> dict:
     """Prometheus config scraping ``targets`` every ``scrape_interval`` (timeout = interval).
 
     ``jobs`` are whole scrape configs added as they are: service discovery (e.g. a cluster's router pods
-    found and scraped through the Kubernetes API server) rather than fixed addresses.
+    found and scraped through the Kubernetes API server) rather than fixed addresses. ``extra`` adds the
+    companions' targets, the rule files and the Alertmanager.
     """
     static: dict[tuple[str, str], list[str]] = {}
-    for target in targets:
+    for target in [*targets, *(extra.targets if extra else [])]:
         static.setdefault((target.job, target.metrics_path), []).append(target.address)
-    return {
-        "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval},
+    config: dict = {
+        "global": {
+            "scrape_interval": scrape_interval,
+            "scrape_timeout": scrape_interval,
+            "evaluation_interval": scrape_interval,
+        },
         "scrape_configs": [
             {"job_name": job, "metrics_path": path, "static_configs": [{"targets": sorted(addresses)}]}
             for (job, path), addresses in sorted(static.items())
         ]
         + list(jobs),
     }
+    if extra is not None:
+        config["rule_files"] = extra.rule_files
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": extra.alertmanagers}]}]}
+    return config
 
 
-def _write_config(path: Path, targets: list[ScrapeTarget], scrape_interval: str, jobs: Sequence[dict] = ()) -> None:
+def _write_config(
+    path: Path, targets: list[ScrapeTarget], scrape_interval: str, jobs: Sequence[dict], extra: Companions
+) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(scrape_config(targets, scrape_interval, jobs), indent=2) + "\n")
+    tmp.write_text(json.dumps(scrape_config(targets, scrape_interval, jobs, extra), indent=2) + "\n")
     tmp.replace(path)
 
 
@@ -131,8 +178,8 @@ def start_prometheus(
     data_dir = work_dir / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
     config_path = work_dir / "prometheus.json"
-    _write_config(config_path, targets, scrape_interval, jobs)
     port = supervisor.free_port()
+    _write_config(config_path, targets, scrape_interval, jobs, companions(run_dir, port))
     try:
         proc = supervisor.start_process(
             name,
@@ -178,7 +225,8 @@ def _last_line(path: Path) -> str:
 
 def set_targets(handle: PrometheusHandle, targets: list[ScrapeTarget], jobs: Sequence[dict] = ()) -> None:
     """Replace the scrape targets (and discovery ``jobs``) of a running Prometheus and reload its config."""
-    _write_config(handle.config_path, targets, handle.scrape_interval, jobs)
+    run_dir = handle.config_path.parent.parent
+    _write_config(handle.config_path, targets, handle.scrape_interval, jobs, companions(run_dir, handle.port))
     try:
         response = http.post(f"{handle.url}/-/reload", timeout=10.0)
     except httpx.TransportError:

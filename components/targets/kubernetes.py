@@ -46,6 +46,7 @@ from components.targets.kube_api import KubeAPI
 from components.targets.stats import version_stats
 from serving import supervisor
 from serving.artifacts import ArtifactDigestError, ModelDirError, read_settings, verify_artifact
+from serving.monitoring import ALERTMANAGER, NODE_EXPORTER
 from serving.private_files import write_private
 from serving.prometheus import PrometheusError, start_prometheus
 from serving.routing import SPLIT_KEY, Split, UpstreamSpec
@@ -288,8 +289,9 @@ class KubernetesTarget:
         return f"http://127.0.0.1:{running.ports['http']}" if running else None
 
     def destroy(self) -> None:
-        """Stop what runs on this runner (Prometheus, synthetic traffic); the cluster's objects are Pulumi's."""
-        for name in (TRAFFIC, PROMETHEUS):
+        """Stop what runs on this runner (Prometheus and its companions, synthetic traffic); the cluster's objects
+        are Pulumi's."""
+        for name in (TRAFFIC, PROMETHEUS, NODE_EXPORTER, ALERTMANAGER):
             state = self.run_dir / name / supervisor.STATE_FILE
             if state.exists():
                 supervisor.stop(state)

@@ -9,7 +9,10 @@ run directory and the live processes. Layout::
     runtime.json       the RuntimeConfig last ensured
     router/            supervised router; router.json is its config, rewritten after every routing change
                        so a crash-restart comes back with the live split, not the first one
-    prometheus/        supervised Prometheus scraping the router (job "router")
+    prometheus/        supervised Prometheus scraping the router (job "router") and its companions:
+    node-exporter/     host metrics and the release metrics of textfile/ (serving.monitoring)
+    alertmanager/      where the alerting rules of serving/rules/ send
+    textfile/          the release metrics (gates, canary, checkpoint, watcher, drills) as *.prom files
     <model>-<version>/ one supervised MLServer per deployed version
     traffic/           optional synthetic traffic (``serving.traffic``)
     log/, pairs/       the router's inference log and shadow pairs (kept by ``destroy``)
@@ -46,6 +49,7 @@ from serving import supervisor
 from serving.artifacts import ArtifactDigestError, ModelDirError, read_settings
 from serving.client import RouterAdmin, RouterError
 from serving.modelserver import ModelServerError, is_ready, model_server_handle, start_model_server
+from serving.monitoring import ALERTMANAGER, NODE_EXPORTER
 from serving.private_files import write_private
 from serving.prometheus import PrometheusError, ScrapeTarget, start_prometheus
 from serving.router_process import start_router
@@ -59,7 +63,7 @@ ROUTER = "router"
 PROMETHEUS = "prometheus"
 TRAFFIC = "traffic"
 SCRAPE_JOB = "router"
-_RUNTIME_PROCESSES = (ROUTER, PROMETHEUS, TRAFFIC)
+_RUNTIME_PROCESSES = (ROUTER, PROMETHEUS, TRAFFIC, NODE_EXPORTER, ALERTMANAGER)
 
 
 def _process_info(state_path: Path) -> ProcessInfo:

@@ -14,16 +14,23 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+import httpx
 import pytest
+from playwright.sync_api import expect
 from pulumi import automation as auto
 
 from automation.backend_files import PROJECT_NAME, stack_outputs
 from automation.engine import VENV_DIR
 from automation.lock import holder
+from components.targets import factory
+from dashboard.panels import PANELS, all_queries, expressions
+from serving import supervisor
 from serving.wait import wait_until
 from tests.engine.conftest import CliResult, Project, kill_engine_leftovers, mlrelease
+from tests.engine.dashboard_page import open_dashboard, panel_states, screenshot, split
 
 pytestmark = pytest.mark.engine
 STACK = "cli"
@@ -60,7 +67,23 @@ def test_promote_gives_promoted_blocked_and_rolled_back(project: Project, stack:
     assert routes(project) == {"weights": {"v1": 100.0}, "primary": "v1"}
     after_first = time.time()
 
-    good = promote(project, "good")
+    # The dashboard during the promote: the split it shows moves with the steps.
+    with open_dashboard(project, STACK) as page:
+        wait_until(lambda: split(page) == {"v1": 100.0}, 60, "the page to show v1 at 100 %")
+        promoting = ThreadPoolExecutor(1).submit(promote, project, "good")
+        shown: list[dict[str, float]] = []
+
+        def settled() -> bool:  # the promote ended, and the page shows v2 at 100 % (or the promote failed)
+            shown.append(split(page))
+            return promoting.done() and (shown[-1].get("v2") == 100.0 or promoting.result().code != 0)
+
+        wait_until(settled, 600, "the promote of v2 to end and the page to show it")
+        good = promoting.result()
+        assert good.code == 0, good
+        # v2 at 0 % (registered, before the first step), then the steps' weights, then 100 %.
+        between = {weight for split in shown if 0 < (weight := split.get("v2", 0)) < 100}
+        assert between and between <= {5.0, 50.0}, f"the page showed v2 at {sorted({s.get('v2') for s in shown})}"
+        assert shown[-1].get("v2") == 100.0, shown[-5:]
     assert good.code == 0, good
     assert good.json["outcome"] == "promoted" and good.json["incumbent"] == "v1"
     assert set(good.json["gates"]) == {"evaluation", "latency", "memory", "drift"}
@@ -144,6 +167,58 @@ def test_rollback_restores_the_previous_verified_release_and_rerunning_is_harmle
 
     nothing = mlrelease(project, "rollback", "--stack", "no-such-stack")
     assert nothing.code == 2 and "does not exist" in nothing.stderr
+
+
+def _query(prometheus: str, expr: str) -> list[dict]:
+    body = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert body["status"] == "success", f"{expr}: {body}"
+    return body["data"]["result"]
+
+
+def test_one_pane_of_glass_after_the_releases_every_query_and_rule_answers(project: Project) -> None:
+    """After promoted, blocked, rolled-back releases and a rollback: the stack's own Prometheus answers every PromQL
+    expression of the dashboard and of the rules, the rules' alerts fired, and the page shows it all."""
+    run_dir = factory.run_dir(project.dir, STACK)
+    prometheus = f"http://127.0.0.1:{supervisor.running_handle('prometheus', run_dir).ports['http']}"
+    rules = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+    recording = [r["name"] for g in rules for r in g["rules"] if r["type"] == "recording"]
+    assert len(recording) >= 8 and all(r["health"] == "ok" for g in rules for r in g["rules"]), rules
+    wait_until(lambda: all(_query(prometheus, name) for name in recording), 90, "every recording rule's series")
+    # No watcher and no drill ran on this stack (tests/engine/test_cli_drill.py walks those panels); a panel that
+    # says what its empty answer means (no alert firing, no warm previous version) may be empty.
+    elsewhere = {"watch", "drill", "alerts"}
+    allowed = {e for p in PANELS if p.id in elsewhere or p.empty for e in expressions(p, STACK).values()}
+    allowed |= {e for e in all_queries(STACK) if "mlrelease_watch_" in e}
+    empty = [e for e in all_queries(STACK) if e not in allowed and not _query(prometheus, e)]
+    assert empty == [], f"dashboard queries with no series after the releases: {empty}"
+    firing = {a["metric"]["alertname"] for a in _query(prometheus, 'ALERTS{alertstate="firing"}')}
+    assert {"MlreleaseRolledBack", "MlreleaseCanaryStepFailed"} <= firing, firing
+    totals = {
+        (r["metric"].get("outcome") or r["metric"].get("trigger")): float(r["value"][1])
+        for r in _query(prometheus, f'{{__name__=~"mlrelease_(releases|rollbacks)_total", stack="{STACK}"}}')
+    }
+    assert totals["promoted"] >= 2 and totals["blocked"] >= 1 and totals["rolled_back"] >= 1, totals
+    assert totals["operator"] >= 1, totals
+
+    with open_dashboard(project, STACK) as page:
+        expect(page.locator(".event.outcome-rollback").first).to_contain_text(
+            "mlrelease rollback to v1", timeout=60_000
+        )
+        expect(page.locator("#banner")).to_have_attribute("data-status", "red", timeout=60_000)
+        expect(page.locator("#problems")).to_contain_text("rollback in the last 10 min")
+        wait_until(lambda: split(page) == {"v1": 100.0}, 60, "the page to show v1 at 100 %")
+
+        def every_panel_has_data() -> bool:
+            states = panel_states(page)
+            may_be_empty = {f"panel-{p.id}" for p in PANELS if p.empty}
+            return all(
+                state == "ok" or (state == "empty" and card in may_be_empty)
+                for card, state in states.items()
+                if card.removeprefix("panel-") not in elsewhere
+            )
+
+        wait_until(every_panel_has_data, 90, "every release and infrastructure panel to show data")
+        screenshot(page, "release-after-rollback.png")
 
 
 def test_rollback_killed_mid_converge_completes_when_run_again(project: Project, stack: auto.Stack) -> None:

@@ -26,6 +26,7 @@ from serving.prometheus import (
     PrometheusHandle,
     ScrapeTarget,
     active_targets,
+    companions,
     scrape_config,
     set_targets,
     start_prometheus,
@@ -94,7 +95,11 @@ def observed(
             wait_until(lambda: all(h["ready"] for h in admin.health().values()), 20, "router sees both ready")
             admin.set_fault("v2", **FAULTY)
         telemetry = Telemetry(prometheus.url, job="router")
-        wait_until(lambda: [t["health"] for t in active_targets(prometheus)] == ["up"], 30, "the first router scrape")
+        wait_until(
+            lambda: [t["health"] for t in active_targets(prometheus) if t["job"] == "router"] == ["up"],
+            30,
+            "the first router scrape",
+        )
         rows = pd.read_parquet(sample_models.holdout)[FEATURES].head(200)
         bodies = [orjson.dumps(v2_request(rows.iloc[i : i + 1])) for i in range(len(rows))]
         seen: Counter = Counter()
@@ -187,10 +192,14 @@ def test_set_targets_reloads_the_config(observed: Observed, tmp_path: Path) -> N
     router = ScrapeTarget(job="router", address=f"127.0.0.1:{port}")
     set_targets(prometheus, [router, extra])
     config = json.loads(prometheus.config_path.read_text())
-    assert config == scrape_config([router, extra], "1s")
-    wait_until(lambda: len(active_targets(prometheus)) == 2, 20, "prometheus to pick up the new target")
+    assert config == scrape_config([router, extra], "1s", extra=companions(observed.run_dir, prometheus.port))
+
+    def ours() -> set[str]:  # the companions (itself, node, alertmanager) are always scraped besides
+        return {t["job"] for t in active_targets(prometheus)} - {"prometheus", "node", "alertmanager"}
+
+    wait_until(lambda: ours() == {"router", "nothing-here"}, 20, "prometheus to pick up the new target")
     set_targets(prometheus, [router])
-    wait_until(lambda: len(active_targets(prometheus)) == 1, 20, "prometheus to drop it again")
+    wait_until(lambda: ours() == {"router"}, 20, "prometheus to drop it again")
 
 
 def test_start_is_idempotent(observed: Observed) -> None:
@@ -199,10 +208,12 @@ def test_start_is_idempotent(observed: Observed) -> None:
     assert again == observed.prometheus
 
 
-def test_prometheus_listens_on_loopback_only(observed: Observed) -> None:
-    pid = supervisor.status(observed.prometheus.state_path).pid
+@pytest.mark.parametrize("name", ["prometheus", "node-exporter", "alertmanager"])
+def test_prometheus_and_its_companions_listen_on_loopback_only(observed: Observed, name: str) -> None:
+    pid = supervisor.status(observed.run_dir / name / supervisor.STATE_FILE).pid
     listening = {c.laddr for c in psutil.Process(pid).net_connections() if c.status == psutil.CONN_LISTEN}
-    assert {addr.ip for addr in listening} == {"127.0.0.1"}
+    assert listening, f"{name} listens on nothing"
+    assert {addr.ip for addr in listening} == {"127.0.0.1"}, f"{name} listens on {listening}"
 
 
 def test_bad_config_fails_startup_clearly(run_dir: Path) -> None:
