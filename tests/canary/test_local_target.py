@@ -75,7 +75,8 @@ def test_reattach_after_creator_exits(created: RuntimeState, sample_models: Samp
     assert {name: p.pid for name, p in state.processes.items()} == {
         name: p.pid for name, p in created.processes.items()
     }
-    assert set(state.processes) == {"router", "prometheus", f"{MODEL_NAME}-v1"}
+    # Prometheus's companions (serving/monitoring.py) are part of the runtime and re-attached with it.
+    assert set(state.processes) == {"router", "prometheus", "node-exporter", "alertmanager", f"{MODEL_NAME}-v1"}
     assert stat.S_IMODE((target.run_dir / "admin-token").stat().st_mode) == 0o600
     assert target.routes().model_dump() == {"weights": {"v1": 100}, "primary": "v1"}
     assert target.deployment("v1").ready
