@@ -362,20 +362,29 @@ def _failing_step(update: _Update, own: list[dict[str, Any]], t: float) -> _Live
     """The step that failed ``update``, if it was running at T: its verdict is lost, its weight is not.
 
     It ran from the end of the update's last stored step (or, with none, from when this update deployed the
-    candidate) to the update's end, at the next weight of the configured steps. An update that shows neither
-    never reached its canary as far as state can tell (a gate stopped it), so nothing is reconstructed.
+    candidate) to the update's end, at the next weight of the configured steps. A retry of a candidate an
+    earlier failed attempt deployed changes nothing before its first step, so its step is taken from the
+    update's start: an error of at most the retry's gate check, said in the note. An update that shows none of
+    these never reached its canary as far as state can tell (a gate stopped it), so nothing is reconstructed.
     """
     if update.succeeded:
         return None
     deployed = update.modified("versions")
+    candidate = update.outputs("versions").get("candidate") or {}
+    incumbent = update.outputs("checkpoint").get("live")
+    tried = update.config.get("model", {}).get("version")
+    retried = not own and candidate.get("version") == tried and tried != (incumbent or {}).get("version")
+    since_note = ""
     if own:
         since = own[-1]["ended_at"]
     elif deployed and deployed >= update.start:
         since = deployed
+    elif retried:  # an earlier attempt deployed the candidate: this update changed nothing before its step
+        since = update.start
+        since_note = "; its start is not kept either (an earlier attempt deployed the candidate), so it is taken"
+        since_note += " from the update's start"
     else:
         return None
-    candidate = update.outputs("versions")["candidate"]
-    incumbent = update.outputs("checkpoint").get("live")
     passed = own[-1]["weight"] if own else 0
     steps = (update.config.get("canary") or {}).get("steps") or CanarySpec().steps
     weight = next((w for w in steps if w > passed), None)
@@ -384,7 +393,7 @@ def _failing_step(update: _Update, own: list[dict[str, Any]], t: float) -> _Live
     note = (
         f"canary step {len(own) + 1} ({weight:g}% to {candidate['version']}) of the update that started at"
         f" {_iso(update.start)} was running and failed; reconstructed: the failing step's verdict is not kept in"
-        f" state; the revert is taken at the update's end ({_iso(update.end)})"
+        f" state; the revert is taken at the update's end ({_iso(update.end)}){since_note}"
     )
     weights = {candidate["version"]: float(weight), incumbent["version"]: 100.0 - weight}
     return _Live("update_in_progress", weights, update, note, update)

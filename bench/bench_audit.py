@@ -246,11 +246,13 @@ class SyntheticStack:
         step_s: float = 10,
         timestamps: bool = True,
         message: str = "",
+        retry: bool = False,
     ) -> Played:
         """``pulumi up`` of a release of ``version``; with ``restore``, a rollback's converge update.
 
         A converge has no incumbent (as ModelDeployment's release_roles): its steps give the restored version
-        100 % as a first release does, and its verified checkpoint has no previous release.
+        100 % as a first release does, and its verified checkpoint has no previous release. A ``retry`` of the
+        candidate a failed attempt deployed changes no gate or versions record (their inputs are the same).
         """
         self.config = stack_config(version, steps, restore)
         incumbent = None if restore else self.live
@@ -263,15 +265,21 @@ class SyntheticStack:
             return played
         t = start + gates_s
         evidence = gate_evidence(version, incumbent, start)
-        self._set("release-gates", t, candidate=ref(version), incumbent=incumbent and ref(incumbent), evidence=evidence)
-        changed = ["release-gates", "release-versions"]
+        if not retry:
+            self._set(
+                "release-gates", t, candidate=ref(version), incumbent=incumbent and ref(incumbent), evidence=evidence
+            )
+        changed = [] if retry else ["release-gates", "release-versions"]
         if "release-runtime" not in self.resources:  # started once, kept across releases
             self._set("release-runtime", t + 1, run_dir=f"/srv/run/{self.stack}", state={"router": "running"})
             changed.append("release-runtime")
         t += deploy_s
         deployed = {v: {**ref(v), "ready": True, "url": "http://127.0.0.1:59259"} for v in (version, incumbent) if v}
-        self._set("release-versions", t, candidate=ref(version), warm=incumbent and ref(incumbent), deployed=deployed)
-        played.deployed_at = t
+        if not retry:
+            self._set(
+                "release-versions", t, candidate=ref(version), warm=incumbent and ref(incumbent), deployed=deployed
+            )
+            played.deployed_at = t
         verdicts = []
         for index, weight in enumerate(steps, start=1):
             times = (t, t + step_s)

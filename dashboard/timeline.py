@@ -80,7 +80,7 @@ TIMELINE_QUERIES: dict[str, str] = {
     "canary_weight": 'mlrelease_canary_weight_percent{stack="$stack"}',
     "verified_at": 'mlrelease_release_verified_timestamp_seconds{stack="$stack"}',
     "live": 'mlrelease_release_info{stack="$stack",role="live"}',
-    "rollbacks": 'mlrelease_rollbacks_total{stack="$stack"}',
+    "rollback_at": 'mlrelease_rollback_last_timestamp_seconds{stack="$stack"}',
     "drill_at": 'mlrelease_drill_timestamp_seconds{stack="$stack"}',
     "drill_passed": 'mlrelease_drill_passed{stack="$stack"}',
 }
@@ -115,8 +115,8 @@ def _stamps(series: Series) -> list[tuple[float, float]]:
 def metric_events(results: Mapping[str, Sequence[Series]]) -> list[Event]:
     """Events from range results of ``TIMELINE_QUERIES`` (keyed as there), all taken with the same start and step.
 
-    A stamp's decision (passed, verdict, step) is read at the point where the stamp first appeared. A rollback
-    has no timestamp metric, so each increase of ``mlrelease_rollbacks_total`` between two points is one.
+    A stamp's decision (passed, verdict, step) is read at the point where the stamp first appeared. An event is
+    placed at its stamp, not at the point where it was seen, so it stays put as the window slides.
     """
     events: list[Event] = []
     for series in results.get("gates_at", []):
@@ -148,15 +148,10 @@ def metric_events(results: Mapping[str, Sequence[Series]]) -> list[Event]:
             live = [s for s in results.get("live", []) if any(float(t) == seen for t, _ in s["values"])]
             version = live[0]["metric"].get("version") if live else "?"
             events.append(Event(at=stamp, lane="release", outcome="ok", label=f"verified: {version} live"))
-    for series in results.get("rollbacks", []):
-        trigger, previous = _labels(series).get("trigger", "?"), None
-        for point_t, value in series["values"]:
-            count = float(value)
-            if previous is not None and count > previous:
-                events.append(
-                    Event(at=float(point_t), lane="rollback", outcome="rollback", label=f"ROLLBACK ({trigger})")
-                )
-            previous = count
+    for series in results.get("rollback_at", []):
+        trigger = _labels(series).get("trigger", "?")
+        for stamp, _seen in _stamps(series):
+            events.append(Event(at=stamp, lane="rollback", outcome="rollback", label=f"ROLLBACK ({trigger})"))
     for series in results.get("drill_at", []):
         labels = _labels(series)
         for stamp, seen in _stamps(series):

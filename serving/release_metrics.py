@@ -18,6 +18,7 @@ import json
 import math
 import re
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime
@@ -25,11 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
-from prometheus_client.core import CounterMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from serving.monitoring import textfile_dir
 
 COUNTERS_FILE = "counters.json"
+LAST_ROLLBACK = "mlrelease_rollback_last_timestamp_seconds"
 WATCH_PHASES = ("watching", "paused", "fired", "stopped", "failed")
 OUTCOMES = ("promoted", "blocked", "rolled_back")
 TRIGGERS = ("watch", "drill", "operator")
@@ -48,12 +50,21 @@ def _slug(name: str) -> str:
 
 
 class _Counters:
-    """Counter totals that survive processes: a collector reading ``counters.json`` at write time."""
+    """Counter totals that survive processes: a collector reading ``counters.json`` at write time.
 
-    def __init__(self, values: Mapping[str, Mapping[str, float]], stack: str) -> None:
+    Beside the rollback counter, the time of each trigger's last rollback: a counter's rise is only seen at the
+    next sample of a range query, so the timeline would place the event a step late and at a different time on
+    every refresh; the stamp is the moment itself.
+    """
+
+    def __init__(self, values: Mapping[str, Any], stack: str) -> None:
         self.values, self.stack = values, stack
 
-    def collect(self) -> Iterator[CounterMetricFamily]:
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        last = GaugeMetricFamily(LAST_ROLLBACK, "When each trigger's last rollback fired.", labels=["stack", "trigger"])
+        for trigger, at in sorted(self.values.get("last", {}).get("mlrelease_rollbacks", {}).items()):
+            last.add_metric([self.stack, trigger], at)
+        yield last
         for name, label, known, doc in (
             ("mlrelease_releases", "outcome", OUTCOMES, "Releases by outcome: promoted, blocked, rolled_back."),
             ("mlrelease_rollbacks", "trigger", TRIGGERS, "Rollbacks to the verified checkpoint by trigger."),
@@ -121,6 +132,7 @@ class ReleaseMetrics:
                     del seen[:-200]  # a bounded memory of what was counted once
                 totals = values.setdefault(name, {})
                 totals[label] = totals.get(label, 0) + 1
+                values.setdefault("last", {}).setdefault(name, {})[label] = time.time()
         except OSError as exc:
             print(f"mlrelease: the {name} counter could not be written to {self.dir}: {exc}", file=sys.stderr)
 

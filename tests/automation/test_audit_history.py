@@ -148,6 +148,27 @@ def test_a_failed_first_step_is_reconstructed_from_when_the_candidate_was_deploy
     assert split(audit(stack.url, "staging", at(failed.deployed_at + 2))) == {"v2": 5, "v1": 95}
 
 
+def test_a_retry_that_fails_its_first_step_is_reconstructed_from_the_updates_start(stack: SyntheticStack) -> None:
+    """A retry of a candidate an earlier attempt deployed changes nothing before its step, so there is no
+    deployment stamp: the failing step is taken from the retry's start, and the note says so."""
+    stack.release("v1", T0)
+    stack.release("v2", T0 + 1000, fail_step=1)
+    retry = stack.release("v2", T0 + 2000, fail_step=1, retry=True)
+    assert retry.deployed_at is None
+    report = audit(stack.url, "staging", at(retry.start + 1))
+    assert report.state == "update_in_progress" and split(report) == {"v2": 5, "v1": 95}
+    assert report.note is not None and report.note.endswith("so it is taken from the update's start")
+    assert split(audit(stack.url, "staging", at(retry.end + 5))) == {"v1": 100, "v2": 0}
+
+
+def test_a_failed_update_of_the_live_version_reconstructs_no_step(stack: SyntheticStack) -> None:
+    """``pulumi up`` of what is already live failing for another reason (its candidate is the incumbent) ran no
+    canary: nothing is reconstructed, the live version served everything."""
+    stack.release("v1", T0)
+    again = stack.release("v1", T0 + 1000, fail_step=1, retry=True)
+    assert split(audit(stack.url, "staging", at(again.start + 1))) == {"v1": 100}
+
+
 def test_after_a_failed_update_the_verified_release_serves_everything(stack: SyntheticStack) -> None:
     stack.release("v1", T0)
     stack.release("v2", T0 + 1000)

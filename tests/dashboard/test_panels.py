@@ -189,7 +189,7 @@ def test_the_banner_is_red_for_a_breach_amber_for_another_limit_and_green_otherw
     assert [p.text for p in missing] == ["Requests per second by version: no data"]
 
 
-def test_timeline_marks_rollbacks_from_history_and_from_the_counter(tmp_path: Path) -> None:
+def test_timeline_marks_rollbacks_from_history_and_from_their_stamps(tmp_path: Path) -> None:
     history = SyntheticStack(tmp_path, "staging")
     history.release("v0", 1000.0, message="mlrelease promote v0")
     history.release("v1", 2000.0, message="mlrelease promote v1")
@@ -198,15 +198,17 @@ def test_timeline_marks_rollbacks_from_history_and_from_the_counter(tmp_path: Pa
     assert [(e.lane, e.outcome) for e in events] == [("update", "ok"), ("update", "ok"), ("rollback", "rollback")]
     counted = metric_events(
         {
-            "rollbacks": [{"metric": {"trigger": "watch"}, "values": [[10, "0"], [25, "0"], [40, "1"], [55, "1"]]}],
+            # two rollbacks by the watcher: each at its own stamp, not at the point where the range first saw it
+            "rollback_at": [{"metric": {"trigger": "watch"}, "values": [[10, "7"], [25, "7"], [40, "33"], [55, "33"]]}],
             "canary_at": [{"metric": {"candidate": "v2"}, "values": [[10, "5"], [25, "5"], [40, "30"]]}],
             "canary_verdict": [{"metric": {"candidate": "v2"}, "values": [[10, "1"], [25, "1"], [40, "0"]]}],
         }
     )
-    assert [(e.at, e.lane, e.outcome) for e in counted] == [
+    assert sorted((e.at, e.lane, e.outcome) for e in counted) == [
         (5.0, "canary", "ok"),
+        (7.0, "rollback", "rollback"),
         (30.0, "canary", "failed"),
-        (40.0, "rollback", "rollback"),
+        (33.0, "rollback", "rollback"),
     ]
 
 

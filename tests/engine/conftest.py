@@ -106,6 +106,13 @@ class Project:
             }
         )
 
+    def released(self, name: str, **sections: dict[str, Any]) -> auto.Stack:
+        """Stack ``name`` with the incumbent (v1) released by a plain ``pulumi up``, ``sections`` overriding."""
+        stack = self.stack(name)
+        self.configure(stack, self.config("incumbent", **sections))
+        stack.up()
+        return stack
+
     def teardown(self) -> None:
         for name in self.stacks:
             self.target(name).destroy()

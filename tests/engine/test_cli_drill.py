@@ -40,10 +40,7 @@ BUDGET = 120
 
 @pytest.fixture(scope="module")
 def stack(project: Project) -> auto.Stack:
-    stack = project.stack(STACK)
-    project.configure(stack, project.config("incumbent", watch=WATCH))
-    stack.up()
-    return stack
+    return project.released(STACK, watch=WATCH)
 
 
 @pytest.fixture
@@ -144,7 +141,7 @@ def test_the_page_marks_the_breach_and_shows_the_watcher_and_the_last_drill(
         expect(page.locator("#banner")).to_have_attribute("data-status", "red", timeout=60_000)
         expect(page.locator("#problems")).to_contain_text("watch signal breached", timeout=60_000)
         expect(page.locator("#panel-alerts")).to_contain_text("MlreleaseWatch", timeout=60_000)
-        expect(page.locator(".event.outcome-rollback").first).to_contain_text("rollback", timeout=60_000)
+        expect(page.locator(".event.outcome-rollback", has_text="ROLLBACK (drill)").first).to_be_visible(timeout=60_000)
         states: dict[str, str] = {}
 
         def panels_ok() -> bool:

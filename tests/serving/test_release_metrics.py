@@ -88,9 +88,13 @@ def test_counters_outlive_their_writers_and_a_block_counts_once_per_evidence(tmp
     ReleaseMetrics(run).gates(_gate_evidence(passed=False, cache_key="k2"))
     ReleaseMetrics(run).checkpoint({"live": {"version": "v2", "sha256": "s2"}, "previous": {"version": "v1"}})
     ReleaseMetrics(run).checkpoint({"live": {"version": "v1"}, "restored_from": "v2"})  # a restore: not a release
+    before = time.time()
     ReleaseMetrics(run).rollback("watch")
     ReleaseMetrics(run).rollback("watch")
     got = _samples(run / "textfile" / "counters.prom")
+    last = got[("mlrelease_rollback_last_timestamp_seconds", frozenset({("stack", "staging"), ("trigger", "watch")}))]
+    assert before <= last <= time.time()
+    assert not any(k[0] == "mlrelease_rollback_last_timestamp_seconds" and ("trigger", "drill") in k[1] for k in got)
     assert got[("mlrelease_releases_total", frozenset({("stack", "staging"), ("outcome", "blocked")}))] == 2
     assert got[("mlrelease_releases_total", frozenset({("stack", "staging"), ("outcome", "promoted")}))] == 1
     assert got[("mlrelease_rollbacks_total", frozenset({("stack", "staging"), ("trigger", "watch")}))] == 2
