@@ -271,17 +271,26 @@ def drill(
 @app.command()
 def audit(
     stack: StackOpt,
-    at: Annotated[str, typer.Option("--at", help="ISO 8601 time, e.g. 2026-11-26T14:30:00Z")],
+    at: Annotated[str | None, typer.Option("--at", help="ISO 8601 time, e.g. 2026-11-26T14:30:00Z")] = None,
+    check: Annotated[
+        bool, typer.Option("--verify", help="walk the whole history and report every break of its hash chain")
+    ] = False,
     as_json: JsonOpt = False,
     project_dir: ProjectOpt = PROJECT_DIR,
 ) -> None:
-    """Which model(s), data and config were live at a time, and the update that made it so."""
+    """Which model(s), data and config were live at a time, and the update that made it so; with --verify,
+    whether the history is as the verified releases sealed it."""
     from automation.audit import AuditError, parse_time
     from automation.audit import audit as run
 
+    if (at is None) == (not check):
+        raise _fail(ValueError("give --at TIME (what was live then) or --verify (check the hash chain)"), 2)
     try:
         project = yaml.safe_load((Path(project_dir) / "Pulumi.yaml").read_text())["name"]
-        report = run(engine_env()["PULUMI_BACKEND_URL"], stack, parse_time(at), project=project)
+        backend = engine_env()["PULUMI_BACKEND_URL"]
+        if check:
+            _verify(backend, stack, project, as_json)
+        report = run(backend, stack, parse_time(str(at)), project=project)
     except AuditError as exc:
         raise _fail(exc, 2) from None
     models = ", ".join(
@@ -294,6 +303,27 @@ def audit(
     if report.note:
         lines.append(f"  {report.note}")
     _emit(report, as_json, lines)
+
+
+def _verify(backend: str, stack: str, project: str, as_json: bool) -> None:
+    """``audit --verify``: exit 0 when the chain is intact, 1 naming every break."""
+    from automation.audit_verify import verify
+
+    report = verify(backend, stack, project=project)
+    head = f"head {report.head[:12]} ({report.head_file})" if report.head else "no sealed record yet"
+    summary = f"{report.sealed_records} sealed records over {report.updates} updates, {head}"
+    if report.intact:
+        lines = [f"{stack}: history intact: {summary}"]
+    else:
+        lines = [f"{stack}: history BROKEN, {len(report.breaks)} breaks; first: {report.breaks[0].file}"]
+        lines += [f"  {b.kind}: {b.file}: {b.detail}" for b in report.breaks]
+        lines.append(f"  {summary}")
+    if report.unsealed:
+        lines.append(f"  not sealed yet (the next verified release seals them): {', '.join(report.unsealed)}")
+    if report.unchained_records:
+        lines.append(f"  {report.unchained_records} records predate the chain and cannot be verified")
+    _emit(report, as_json, lines)
+    raise typer.Exit(0 if report.intact else 1)
 
 
 @app.command()

@@ -6,16 +6,23 @@ stack output ``verified``, which the next release reads (the incumbent and its w
 audit read from stack history: live model, previous model, data digests, config digest, gate evidence and
 canary verdicts. ``previous_release`` is the record of the release before (its config and digests: what
 ``mlrelease rollback`` restores); ``restored_from`` names the version a restore rolled back from.
+
+Each record is a link of the audit trail's hash chain (``components.audit_chain``): it seals the record before
+it, its own gate evidence and the per-update files written since, so ``mlrelease audit --verify`` finds edits.
 """
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
+from automation.backend_files import backend_root
+from components.audit_chain import seal
 from serving.release_metrics import ReleaseMetrics
 
 # Inputs whose change is a different verified release.
@@ -33,6 +40,20 @@ _RECORDED = (
 )
 
 
+def _history(props: dict[str, Any]) -> Path | None:
+    """The stack's per-update directory on a local backend (the engine gives its URL to its plugins); None
+    elsewhere, or for state written before the stack's name was passed: then no update file is sealed."""
+    root = backend_root(os.environ.get("PULUMI_BACKEND_URL", ""))
+    if root is None or not props.get("project") or not props.get("stack"):
+        return None
+    return root / ".pulumi" / "history" / props["project"] / props["stack"]
+
+
+def _sealed(props: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:
+    outs = {**props, "verified_at": time.time()}
+    return {**outs, **seal(outs, previous, _history(props), str(props.get("stack") or ""))}
+
+
 def _export(outs: dict[str, Any]) -> None:
     """The verified versions (and a promoted release) as the stack's textfile metrics; ``run_dir`` is not recorded
     as part of the release (state written before it was passed has none, and exports nothing)."""
@@ -44,7 +65,7 @@ class VerifiedCheckpointProvider(ResourceProvider):
     """Stamps the time a release was verified; everything else is recorded as given."""
 
     def create(self, props: dict[str, Any]) -> CreateResult:
-        outs = {**props, "verified_at": time.time()}
+        outs = _sealed(props, None)
         _export(outs)
         return CreateResult(id_=f"{props['live']['version']}@{outs['verified_at']:.0f}", outs=outs)
 
@@ -52,8 +73,8 @@ class VerifiedCheckpointProvider(ResourceProvider):
         changed = [key for key in _RECORDED if olds.get(key) != news.get(key)]
         return DiffResult(changes=bool(changed), replaces=[], delete_before_replace=False)
 
-    def update(self, _id: str, _olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
-        outs = {**news, "verified_at": time.time()}
+    def update(self, _id: str, olds: dict[str, Any], news: dict[str, Any]) -> UpdateResult:
+        outs = _sealed(news, olds)
         _export(outs)
         return UpdateResult(outs=outs)
 
@@ -70,9 +91,11 @@ class VerifiedCheckpoint(pulumi.dynamic.Resource):
     config: pulumi.Output[dict]
     previous_release: pulumi.Output[dict | None]
     restored_from: pulumi.Output[str | None]
+    chain_sha256: pulumi.Output[str]
 
     def __init__(self, resource_name: str, record: dict[str, Any], opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(VerifiedCheckpointProvider(), resource_name, {**record, "verified_at": None}, opts)
+        chain = dict.fromkeys(("evidence_sha256", "history_sealed", "chain_previous_sha256", "chain_sha256"))
+        super().__init__(VerifiedCheckpointProvider(), resource_name, {**record, "verified_at": None, **chain}, opts)
         # What the next release, rollback and audit read from the stack's outputs.
         self.record = pulumi.Output.all(
             live=self.live,
@@ -84,4 +107,5 @@ class VerifiedCheckpoint(pulumi.dynamic.Resource):
             config=self.config,
             previous_release=self.previous_release,
             restored_from=self.restored_from,
+            chain_sha256=self.chain_sha256,
         )

@@ -253,6 +253,8 @@ class ModelDeployment(pulumi.ComponentResource):
                 "previous_release": roles.apply(lambda r: r["previous_release"]),
                 "restored_from": spec.restore.from_version if spec.restore else None,
                 "run_dir": str(run_dir),
+                "project": pulumi.get_project(),
+                "stack": pulumi.get_stack(),
             },
             opts=pulumi.ResourceOptions(parent=self, depends_on=[previous]),
         )

@@ -175,7 +175,7 @@ class CliResult:
     """One ``mlrelease`` run: exit code, the ``--json`` document (None when stdout is not JSON), stderr."""
 
     def __init__(self, proc: subprocess.CompletedProcess[str]) -> None:
-        self.code, self.stderr = proc.returncode, proc.stderr
+        self.code, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
         try:
             self.json: dict[str, Any] | None = json.loads(proc.stdout)
         except ValueError:
@@ -186,7 +186,16 @@ class CliResult:
         return f"CliResult(code={self.code}, failure={failure!r}, json={self.json}, stderr={self.stderr[-2000:]!r})"
 
 
-def mlrelease(project: Project, *args: str, timeout: float = 600) -> CliResult:
-    """Run the real ``mlrelease`` console script against ``project``'s copy and backend, with ``--json``."""
-    argv = [str(VENV_DIR / "bin" / "mlrelease"), *args, "--project-dir", str(project.dir), "--json"]
-    return CliResult(subprocess.run(argv, env=project.env, capture_output=True, text=True, timeout=timeout))
+def mlrelease(
+    project: Project,
+    *args: str,
+    timeout: float = 600,
+    env: dict[str, str] | None = None,
+    json_output: bool = True,
+) -> CliResult:
+    """Run the real ``mlrelease`` console script against ``project``'s copy and backend, with ``--json``
+    unless ``json_output`` is False (then ``stdout`` is what a user reads)."""
+    argv = [str(VENV_DIR / "bin" / "mlrelease"), *args, "--project-dir", str(project.dir)]
+    argv += ["--json"] if json_output else []
+    run = subprocess.run(argv, env=env or project.env, capture_output=True, text=True, timeout=timeout)
+    return CliResult(run)

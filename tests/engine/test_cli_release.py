@@ -308,3 +308,40 @@ def test_no_secret_reaches_stack_state_outputs_or_logs(project: Project, stack: 
     for where, text in places + [(str(p), p.read_text(errors="replace")) for p in logs]:
         assert token not in text, f"the admin token appears in {where}"
         assert passphrase not in text, f"the stack passphrase appears in {where}"
+
+
+def test_audit_verify_checks_the_chain_the_engine_wrote_and_names_an_edit_and_a_deletion(
+    project: Project, stack: auto.Stack, tmp_path
+) -> None:
+    """After this module's releases, rollbacks and failed attempts, the real records form an intact chain whose
+    head is the stack's verified record; in a copy of the backend, one edited and one deleted history file are
+    both named, the first one first, with exit 1."""
+    intact = mlrelease(project, "audit", "--stack", STACK, "--verify")
+    assert intact.code == 0 and intact.json["intact"], intact
+    assert intact.json["sealed_records"] >= 4 and intact.json["unchained_records"] == 0, intact
+    assert intact.json["head"] == stack.outputs()["verified"].value["chain_sha256"]
+
+    copy = tmp_path / "state"
+    shutil.copytree(project.env["PULUMI_BACKEND_URL"].removeprefix("file://"), copy)
+    history = copy / ".pulumi" / "history" / PROJECT_NAME / STACK
+    sealed = {n for n in os.listdir(history) if n.endswith(".history.json")} - set(intact.json["unsealed"])
+    edited, deleted = sorted(sealed, key=lambda n: int(n.rsplit("-", 1)[1].split(".")[0]))[1:3]
+    record = json.loads((history / edited).read_text())
+    record["message"] = "mlrelease promote v2 (approved)"
+    (history / edited).write_text(json.dumps(record))
+    (history / deleted).unlink()
+    broken = mlrelease(
+        project, "audit", "--stack", STACK, "--verify", env={**project.env, "PULUMI_BACKEND_URL": copy.as_uri()}
+    )
+    assert broken.code == 1 and not broken.json["intact"], broken
+    assert [(b["kind"], b["file"]) for b in broken.json["breaks"]] == [("edited", edited), ("deleted", deleted)]
+    plain = mlrelease(
+        project,
+        "audit",
+        "--stack",
+        STACK,
+        "--verify",
+        json_output=False,
+        env={**project.env, "PULUMI_BACKEND_URL": copy.as_uri()},
+    )
+    assert plain.code == 1 and f"history BROKEN, 2 breaks; first: {edited}" in plain.stdout, plain
