@@ -91,7 +91,8 @@ def seal(record: Mapping[str, Any], previous: Mapping[str, Any] | None, history:
     """The chain fields of a new checkpoint ``record`` that follows ``previous`` (None on a stack's first).
 
     ``history`` is the stack's per-update directory when the backend is a local one; the files sealed are
-    those after the last one ``previous`` sealed (all of them when it sealed none).
+    those after the last one ``previous`` sealed (all of them when it sealed none, so files a record could not
+    read are sealed by the next one).
     """
     sealed: list[dict[str, str]] | None = None
     if history is not None:
@@ -100,7 +101,10 @@ def seal(record: Mapping[str, Any], previous: Mapping[str, Any] | None, history:
         if after is not None:
             names = [name for _, name in files]
             files = files[names.index(after) + 1 :] if after in names else files
-        sealed = [{"file": name, "sha256": file_digest(history / name)} for _, name in files]
+        try:
+            sealed = [{"file": name, "sha256": file_digest(history / name)} for _, name in files]
+        except OSError:  # a release that passed is not failed by its audit trail: the next record seals these
+            sealed = None
     fields = {
         "evidence_sha256": digest(record.get("evidence")) if record.get("evidence") is not None else None,
         "history_sealed": sealed,
