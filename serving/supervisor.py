@@ -10,7 +10,10 @@ SIGKILL). Once it runs, the supervisor is the only writer of the state file, exc
 
 Layout of ``run_dir/<name>/``: ``state.json`` (``ProcessState``), ``pid`` (the child's pid, rewritten on
 every restart, what metrics read), ``output.log`` (the child's stdout and stderr), ``supervisor.log``.
-Liveness compares pid *and* process start time, so a recycled pid never looks alive.
+Liveness compares pid *and* process start time, so a recycled pid never looks alive. The start time is the
+kernel's, in clock ticks after boot: a wall-clock time would move with every clock adjustment (psutil adds
+``/proc/stat``'s whole-second ``btime``, which steps by 1 s when NTP slews the clock across a second boundary),
+and every long-running process would then look dead to a reader started on the other side of the step.
 """
 
 from __future__ import annotations
@@ -65,9 +68,9 @@ class ProcessState(BaseModel):
     spec: ProcessSpec
     phase: Phase
     supervisor_pid: int | None = None
-    supervisor_started: float | None = None
+    supervisor_started: int | None = Field(default=None, description="start, clock ticks after boot")
     pid: int | None = None
-    pid_started: float | None = None
+    pid_started: int | None = Field(default=None, description="start, clock ticks after boot")
     restarts: int = 0
     last_exit_code: int | None = None
     updated_at: float = Field(default_factory=time.time)
@@ -180,15 +183,12 @@ def _write_state(state_path: Path, state: ProcessState) -> None:
     _write_atomic(state_path, state.model_dump_json(indent=2))
 
 
-def _alive(pid: int | None, started: float | None) -> bool:
+def _alive(pid: int | None, started: int | None) -> bool:
     """True if ``pid`` runs and is the process that started at ``started`` (not a recycled pid)."""
-    if pid is None or started is None:
+    if pid is None or started is None or _start_time(pid) != started:
         return False
     try:
-        proc = psutil.Process(pid)
-        if abs(proc.create_time() - started) > 0.5:
-            return False
-        if proc.status() == psutil.STATUS_ZOMBIE:
+        if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
             _reap(pid)
             return False
         return True
@@ -202,11 +202,15 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _start_time(pid: int) -> float | None:
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks after boot (field 22 of ``/proc/PID/stat``): fixed for the process's
+    life, whatever the wall clock does. None if there is no such process."""
     try:
-        return psutil.Process(pid).create_time()
-    except psutil.NoSuchProcess:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
         return None
+    # The command name (field 2) is parenthesised and may hold spaces or ')': fields are counted after the last ')'.
+    return int(stat[stat.rindex(b")") + 2 :].split()[19])
 
 
 def _handle(state_path: Path, state: ProcessState) -> ProcessHandle:
@@ -381,7 +385,7 @@ def stop(state_path: Path) -> ProcessStatus:
     return status(state_path)
 
 
-def _terminate_group(pid: int, started: float | None, grace: float, what: str) -> None:
+def _terminate_group(pid: int, started: int | None, grace: float, what: str) -> None:
     """SIGTERM the process group led by ``pid``, wait up to ``grace`` s, then SIGKILL what is left."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if not _alive(pid, started):

@@ -67,6 +67,19 @@ def test_start_writes_state_and_pid_file_and_is_idempotent(run_dir: Path) -> Non
     assert process_handle(handle.state_path) == handle
 
 
+def test_a_wall_clock_step_does_not_make_a_running_process_look_dead(run_dir: Path, monkeypatch) -> None:
+    """NTP slewing the clock across a second boundary moves /proc/stat's whole-second btime by 1 s, and psutil's
+    create_time() with it: liveness must not depend on it, or every long-running process looks dead at once."""
+    handle = start_process("steady", SLEEPER, run_dir)
+    before = psutil.Process(handle.pid).create_time()
+    real = psutil._pslinux.boot_time
+    monkeypatch.setattr(psutil._pslinux, "boot_time", lambda: real() + 1.0)
+    assert psutil.Process(handle.pid).create_time() - before == pytest.approx(1.0, abs=0.01)  # psutil sees the step
+    current = status(handle.state_path)
+    assert (current.state, current.alive, current.supervised) == ("running", True, True)
+    assert supervisor.running_handle("steady", run_dir) == handle
+
+
 def test_outlives_the_command_that_started_it(run_dir: Path) -> None:
     starter = textwrap.dedent(
         f"""
