@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PULUMI_SKIP_UPDATE_CHECK := true
 export PULUMI_DISABLE_AUTOMATIC_PLUGIN_ACQUISITION := true
 
-.PHONY: setup demo test lint bench cluster-tools cluster-up cluster-down cluster-status
+.PHONY: setup demo test lint bench cluster-tools cluster-up cluster-down cluster-status s3-tools s3
 
 setup:
 	@bash scripts/setup.sh
@@ -18,7 +18,7 @@ ifeq ($(TARGET),kubernetes)
 endif
 	$(PY) -m automation.demo --target $(TARGET) $(ARGS)
 
-test: setup cluster-tools lint
+test: setup cluster-tools s3-tools lint
 	$(PY) -m pytest
 
 lint: setup
@@ -40,3 +40,11 @@ cluster-down:
 
 cluster-status:
 	@bash scripts/cluster.sh status
+
+# The local S3-compatible object store (SeaweedFS, docs/shared-state.md): started in .mlrelease/run/shared, its
+# backend URL printed. Built only for what needs it: not by setup.
+s3-tools: setup
+	@bash scripts/s3-tools.sh
+
+s3: s3-tools
+	$(PY) -m automation.s3server

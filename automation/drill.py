@@ -75,7 +75,7 @@ def _preconditions(ctx: StackContext) -> tuple[str, str]:
             f" {live['version']} with {previous['version']} warm: {fix}",
             2,
         )
-    busy = holder(ctx.project_dir, ctx.name)
+    busy = holder(ctx.project_dir, ctx.name, ctx.env["PULUMI_BACKEND_URL"])
     if busy:
         raise CommandFailed(f"stack {ctx.name} is busy ({busy.get('operation')}, pid {busy.get('pid')}): drill later")
     return live["version"], previous["version"]

@@ -6,6 +6,10 @@ and a canary moves it during one, so mlrelease takes its own lock around the who
 promote or rollback never leaves the stack locked, and the file says who holds it for the error message.
 The watcher never holds it while watching; it looks (``holder``) to pause during a promote, and takes it
 only to fire a rollback.
+
+That holds on one machine. On an ``s3://`` backend runners share only the bucket, so there the lock is an
+object in it, taken with a conditional put and held by a lease (``automation.s3_lock``); ``release_lock`` and
+``holder`` pick by the backend URL.
 """
 
 from __future__ import annotations
@@ -14,8 +18,11 @@ import fcntl
 import json
 import os
 import time
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
+
+from automation.backend_files import PROJECT_NAME
 
 LOCK_DIR = Path(".mlrelease") / "locks"
 
@@ -28,8 +35,12 @@ def lock_path(project_dir: Path, stack: str) -> Path:
     return Path(project_dir) / LOCK_DIR / f"{stack}.lock"
 
 
-def holder(project_dir: Path, stack: str) -> dict | None:
+def holder(project_dir: Path, stack: str, backend_url: str | None = None) -> dict | None:
     """Who holds the stack's lock (``{"pid", "operation", "since"}``), or None when it is free."""
+    if backend_url is not None and backend_url.startswith("s3://"):
+        from automation import s3_lock  # boto3 is imported only where the backend is in S3
+
+        return s3_lock.holder(backend_url, PROJECT_NAME, stack)
     path = lock_path(project_dir, stack)
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -94,3 +105,12 @@ class ReleaseLock:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def release_lock(project_dir: Path, stack: str, operation: str, backend_url: str) -> AbstractContextManager:
+    """The stack's release lock for ``backend_url``: a lease in the bucket on ``s3://``, an ``flock`` otherwise."""
+    if backend_url.startswith("s3://"):
+        from automation.s3_lock import S3Lease
+
+        return S3Lease(backend_url, PROJECT_NAME, stack, operation)
+    return ReleaseLock(project_dir, stack, operation)

@@ -59,7 +59,7 @@ def status(ctx: StackContext) -> StatusReport:
         verified={k: verified.get(k) for k in _VERIFIED} if verified else None,
         rollback_to=((verified or {}).get("previous") or {}).get("version") if not marker else None,
         restored_from=marker.get("from_version"),
-        operation=holder(ctx.project_dir, ctx.name),
+        operation=holder(ctx.project_dir, ctx.name, ctx.env["PULUMI_BACKEND_URL"]),
         watcher=summary(watch) if watch else None,
         last_drill=ctx.stack.list_tags().get(TAG),
     )

@@ -259,7 +259,7 @@ class Watcher:
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 tick = time.monotonic()
-                busy = holder(self.ctx.project_dir, self.ctx.name)
+                busy = holder(self.ctx.project_dir, self.ctx.name, self.ctx.env["PULUMI_BACKEND_URL"])
                 if busy:
                     if paused_by is None:
                         self.say(f"paused: {busy.get('operation')} (pid {busy.get('pid')}) holds the stack")

@@ -26,40 +26,6 @@ source "$ROOT/scripts/lib.sh"
 
 [ -x "$VENV/bin/python" ] || die ".venv is missing: run 'make setup' first"
 
-required_version() {  # required_version MODULE_DIR MODULE: the version MODULE_DIR/go.mod requires
-    awk -v m="$2" '$1 == m { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' "$1/go.mod"
-}
-
-module_key() {  # module_key MODULE_DIR EXTRA...: digest of the module's files, the Go version and EXTRA
-    { cat "$1"/go.mod "$1"/go.sum "$1"/*.go 2>/dev/null; go env GOVERSION GOARCH; printf '%s\n' "${@:2}"; } \
-        | sha256sum | cut -c1-16
-}
-
-# build_cached NAME MODULE_DIR "PACKAGES" "BINARIES" [LDFLAGS]: build PACKAGES into the cache unless a build with
-# the same key is there, then link each of BINARIES into .venv/bin.
-build_cached() {
-    local name=$1 dir=$2 pkgs=$3 bins=$4 ldflags=${5:-}
-    local key out
-    key=$(module_key "$dir" "$pkgs" "$ldflags" "${CGO_ENABLED:-}")
-    out="$CACHE/$name-$key"
-    if [ ! -f "$out/.complete" ]; then
-        say "building $name from Go modules (once per pinned version; cached in $out)"
-        rm -rf "$out" && mkdir -p "$out"
-        local start=$SECONDS
-        if [[ "$pkgs" == *" "* ]]; then
-            go_build "$dir" "$pkgs" "$out/" "$ldflags"
-        else
-            go_build "$dir" "$pkgs" "$out/$bins" "$ldflags"
-        fi
-        touch "$out/.complete"
-        say "built $name in $((SECONDS - start)) s"
-    fi
-    for bin in $bins; do
-        [ -x "$out/$bin" ] || die "$out/$bin was not built: delete $out and re-run make cluster-tools"
-        ln -sfn "$out/$bin" "$VENV/bin/$bin"
-    done
-}
-
 build_kubernetes() {
     local dir="$TOOLS/kubernetes" version minor
     version=$(required_version "$dir" k8s.io/kubernetes)

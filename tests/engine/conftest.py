@@ -69,13 +69,19 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[SampleModels, Samp
 class Project:
     """A copy of the program, its backend, and helpers to configure and inspect its stacks."""
 
-    def __init__(self, root: Path, sample: tuple[SampleModels, SampleWindows]) -> None:
+    def __init__(
+        self, root: Path, sample: tuple[SampleModels, SampleWindows], backend: dict[str, str] | None = None
+    ) -> None:
+        """``backend``: the environment of another backend (``PULUMI_BACKEND_URL`` and its credentials); by
+        default a ``file://`` directory of the project's own."""
         self.dir = copy_program(root / "project")
-        (root / "state").mkdir()
+        if backend is None:
+            (root / "state").mkdir()
         self.env = {
             **os.environ,
             "PULUMI_BACKEND_URL": (root / "state").as_uri(),
             "PULUMI_CONFIG_PASSPHRASE": "engine-tests-passphrase-7c1e",  # distinctive: tests look for leaks
+            **(backend or {}),
         }
         self.models, self.windows = sample
         self.stacks: list[str] = []
