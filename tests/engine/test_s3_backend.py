@@ -34,7 +34,7 @@ def runners(sample, s3: S3Server, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def test_two_runners_share_the_bucket_and_a_second_promote_is_refused_naming_the_holder(
-    runners: tuple[Project, Project], s3: S3Server
+    runners: tuple[Project, Project], s3: S3Server, s3_env: dict[str, str]
 ) -> None:
     a, b = runners
     stack = a.released(STACK)
@@ -51,7 +51,8 @@ def test_two_runners_share_the_bucket_and_a_second_promote_is_refused_naming_the
     first = subprocess.Popen([*argv, "--project-dir", str(a.dir)], env=a.env, stdout=subprocess.PIPE, text=True)
     try:
         url = s3.backend_url()
-        wait_until(lambda: holder(b.dir, STACK, url) is not None, 120, "runner A's promote to take the lock")
+        held_by_a = lambda: (holder(b.dir, STACK, url) or {}).get("operation") == "promote v2"  # noqa: E731
+        wait_until(held_by_a, 120, "runner A's promote to take the lock")
         second = mlrelease(b, "promote", "--stack", STACK, "--model", good)
         assert second.code == 1, second
         assert f"stack {STACK} is busy: promote v2 (pid {first.pid} on " in second.stderr, second.stderr
