@@ -17,6 +17,7 @@ import os
 import secrets
 import shlex
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -138,6 +139,30 @@ def _answers(server: S3Server, bucket: str) -> bool:
     return True
 
 
+def _listenable(port: int) -> bool:
+    """True if a server could listen on 127.0.0.1:``port`` now (SO_REUSEADDR, as weed's listeners set it: the
+    TIME_WAIT connections a stopped server leaves behind do not count, a listener does)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _ports(work_dir: Path) -> dict[str, int]:
+    """The ports of the last run when they are all free again, so a restarted store keeps its endpoint (every
+    backend URL names it); new ones otherwise."""
+    try:
+        previous = supervisor.read_state(work_dir / supervisor.STATE_FILE).spec.ports
+    except FileNotFoundError:
+        previous = {}
+    if set(previous) == set(_PORT_FLAGS) and all(_listenable(port) for port in previous.values()):
+        return previous
+    return dict(zip(_PORT_FLAGS, supervisor.free_ports(len(_PORT_FLAGS)), strict=True))
+
+
 def start_s3_server(run_dir: Path, *, bucket: str = STATE_BUCKET, timeout: float = 90.0) -> S3Server:
     """Start (or find running) the object store of ``run_dir`` and return once ``bucket`` exists on it."""
     work_dir = Path(run_dir).resolve() / NAME
@@ -147,7 +172,7 @@ def start_s3_server(run_dir: Path, *, bucket: str = STATE_BUCKET, timeout: float
     if handle is None:
         data_dir = work_dir / "data"
         data_dir.mkdir(parents=True, exist_ok=True)
-        ports = dict(zip(_PORT_FLAGS, supervisor.free_ports(len(_PORT_FLAGS)), strict=True))
+        ports = _ports(work_dir)
         identities = work_dir / IDENTITIES_FILE
         identity = {"name": "mlrelease", "credentials": [{"accessKey": key, "secretKey": secret}], "actions": ["Admin"]}
         write_private(identities, json.dumps({"identities": [identity]}))
