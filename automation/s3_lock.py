@@ -124,7 +124,11 @@ class S3Lease:
     def __init__(self, backend_url: str, project: str, stack: str, operation: str) -> None:
         self.bucket = Bucket.from_backend_url(backend_url)
         self.key = f"{LOCK_PREFIX}/{project}/{stack.rsplit('/', 1)[-1]}.json"
-        self.stack, self.operation, self.lease_s = stack, operation, lease_seconds()
+        try:
+            self.lease_s = lease_seconds()
+        except ValueError as exc:
+            raise LockBusy(f"{exc}; nothing was changed") from None
+        self.stack, self.operation = stack, operation
         self.holder_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.since = time.time()
         self.took_over: dict[str, Any] | None = None

@@ -137,3 +137,13 @@ def test_the_backend_url_picks_the_lock(tmp_path, s3: S3Server, s3_env) -> None:
     bucket = Bucket.from_backend_url("s3://state?endpoint=127.0.0.1:9000&disable_https=true&use_path_style=true")
     assert (bucket.name, bucket.endpoint, bucket.path_style) == ("state", "http://127.0.0.1:9000", True)
     assert Bucket.from_backend_url("s3://state").endpoint is None  # AWS itself: the SDK's endpoint for the region
+
+
+def test_a_malformed_lease_is_refused_in_one_line_before_any_request(monkeypatch) -> None:
+    monkeypatch.setenv(LEASE_ENV, "soon")
+    url = "s3://mlrelease-state?endpoint=http://127.0.0.1:9&use_path_style=true&disable_https=true"
+    with pytest.raises(LockBusy, match=r"MLRELEASE_LOCK_LEASE_SECONDS='soon' is not a number of seconds"):
+        S3Lease(url, PROJECT, "prod", "promote v2")
+    monkeypatch.setenv(LEASE_ENV, "0.1")
+    with pytest.raises(LockBusy, match=r"outside 1\.\.3600 seconds"):
+        S3Lease(url, PROJECT, "prod", "promote v2")
