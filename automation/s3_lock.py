@@ -132,7 +132,6 @@ class S3Lease:
         self.holder_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.since = time.time()
         self.took_over: dict[str, Any] | None = None
-        self.lost = threading.Event()
         self._client = self.bucket.client()
         self._etag: str | None = None
         self._stop = threading.Event()
@@ -213,7 +212,6 @@ class S3Lease:
                 return
 
     def _lose(self, why: str) -> None:
-        self.lost.set()
         print(f"mlrelease: warning: lost the release lock of stack {self.stack}: {why}", file=sys.stderr)
 
     def __exit__(self, *_exc: object) -> None:
