@@ -9,13 +9,15 @@ from components.spec import SpecError, load_spec
 from components.stack_config import namespace_config
 from components.targets import factory
 from components.targets.base import TargetError
+from serving.artifacts import ArtifactDigestError, ModelDirError
 
 stack = pulumi.get_stack()
 project_dir = Path(__file__).resolve().parent
 try:
     spec = load_spec(namespace_config())
     factory.check(spec, project_dir, stack)
-except (SpecError, TargetError) as exc:
+    spec.model.model_dir(project_dir)  # one in object storage is fetched and its digest checked, once
+except (SpecError, TargetError, ModelDirError, ArtifactDigestError) as exc:
     raise pulumi.RunError(str(exc)) from None
 
 # The stack's own outputs hold its last verified release: the incumbent of this one.

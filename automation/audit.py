@@ -1,10 +1,11 @@
 """``mlrelease audit``: which model(s), data and config were live on a stack at time T, read from its history.
 
-Stack history is the audit trail. Pulumi's DIY ``file://`` backend keeps, per update (failed ones too), a history
-record and the full checkpoint it left under ``.pulumi/history/<project>/<stack>/``, named by the time they were
-saved. So the updates around T are found from one directory listing and a binary search on those names, and only
-the few files that answer T are parsed: a stack with 1,000 updates is answered in milliseconds, where reading
-every record (as ``pulumi stack history`` does) grows with the history.
+Stack history is the audit trail. Pulumi's DIY backends (``file://`` and ``s3://``) keep, per update (failed ones
+too), a history record and the full checkpoint it left under ``.pulumi/history/<project>/<stack>/``, named by the
+time they were saved. So the updates around T are found from one listing (a directory's, or a bucket's at 1,000
+names a page) and a binary search on those names, and only the few files that answer T are read: a stack with
+1,000 updates is answered in milliseconds, where reading every record (as ``pulumi stack history`` does) grows
+with the history.
 
 Traffic during an update comes from the timestamps of its canary step verdicts. What state cannot show — a
 failing step keeps no verdict, older verdicts carry no timestamps — is reconstructed or left unknown, and the
@@ -14,18 +15,15 @@ report's ``note`` says which.
 from __future__ import annotations
 
 import bisect
-import gzip
 import json
-import os
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from automation.backend_files import PROJECT_NAME, backend_root
+from automation.backend_files import PROJECT_NAME, StackHistory, decode, stack_history
 from components.spec import NAMESPACE, CanarySpec
 
 # The ModelDeployment's name in __main__.py: its resources are release-gates, release-versions, ...
@@ -94,18 +92,15 @@ def parse_time(text: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def history_dir(backend_url: str, project: str, stack: str) -> Path:
-    """The directory of ``stack``'s per-update records in a ``file://`` backend."""
-    root = backend_root(backend_url)
-    if root is None:
+def history_dir(backend_url: str, project: str, stack: str) -> StackHistory:
+    """``stack``'s per-update files in a ``file://`` or ``s3://`` backend (nothing is listed yet)."""
+    history = stack_history(backend_url, project, stack)
+    if history is None:
         raise AuditError(
-            f"audit reads per-update checkpoints from a file:// backend; {backend_url} is not one: copy the"
-            " backend's .pulumi directory to a local dir and pass file://<dir> as PULUMI_BACKEND_URL"
+            f"audit reads per-update checkpoints from a file:// or s3:// backend; {backend_url} is neither: export"
+            " the stack's history to one of them and pass its URL as PULUMI_BACKEND_URL"
         )
-    directory = root / ".pulumi" / "history" / project / stack
-    if not directory.is_dir():
-        raise AuditError(_no_history(stack, backend_url))
-    return directory
+    return history
 
 
 def audit(backend_url: str, stack: str, at: datetime, *, project: str = PROJECT_NAME) -> AuditReport:
@@ -114,7 +109,7 @@ def audit(backend_url: str, stack: str, at: datetime, *, project: str = PROJECT_
         raise AuditError(f"audit time {at.isoformat()} has no timezone: give an offset or Z (parse_time adds UTC)")
     updates = _updates(history_dir(backend_url, project, stack), stack)
     if not updates:
-        raise AuditError(_no_history(stack, backend_url))
+        raise AuditError(no_history(stack, backend_url))
     t = at.timestamp()
     # Saved at (or just after) each update's end: everything before `ended` had ended by T. The save stamp is
     # a little later than the recorded endTime, so look one or two files further.
@@ -137,16 +132,24 @@ def audit(backend_url: str, stack: str, at: datetime, *, project: str = PROJECT_
     return _report(stack, at, t, live, [u for u in (live.made_by, pending, last) if u])
 
 
-def _no_history(stack: str, backend_url: str) -> str:
+def list_names(files: StackHistory) -> list[str]:
+    """The history's file names, or AuditError naming a store that did not answer."""
+    try:
+        return files.names()
+    except OSError as exc:
+        raise AuditError(f"{exc}: check the backend's endpoint and credentials (AWS_* for s3://)") from None
+
+
+def no_history(stack: str, backend_url: str) -> str:
     return f"no history for stack {stack} in {backend_url}: check --stack and PULUMI_BACKEND_URL"
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(history: StackHistory, name: str) -> Any:
     try:
-        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as file:
-            return json.load(file)
+        return decode(name, history.read(name))
     except (OSError, ValueError) as exc:
-        raise AuditError(f"cannot read {path}: {exc}: is the backend directory complete and readable?") from None
+        where = history.where(name)
+        raise AuditError(f"cannot read {where}: {exc}: is the backend complete and readable?") from None
 
 
 def _iso(unix: float) -> str:
@@ -164,18 +167,18 @@ def _parse(value: Any) -> Any:
 class _Update:
     """One update of the stack's history; its two files are read only when first asked for."""
 
-    def __init__(self, directory: Path, nanos: int, stem: str, gz: str) -> None:
-        # Only names here: a listing makes one of these per update, and paths are built for the few read.
-        self.nanos, self._directory, self._stem, self._gz = nanos, directory, stem, gz
+    def __init__(self, files: StackHistory, nanos: int, stem: str, gz: str) -> None:
+        # Only names here: a listing makes one of these per update, and only the few asked for are read.
+        self.nanos, self._files, self._stem, self._gz = nanos, files, stem, gz
 
     @cached_property
     def history(self) -> dict[str, Any]:
-        return _read_json(self._directory / f"{self._stem}.history.json{self._gz}")
+        return _read_json(self._files, f"{self._stem}.history.json{self._gz}")
 
     @cached_property
     def resources(self) -> dict[str, dict[str, Any]]:
         """The checkpoint's resources by name (the URN's last part); a destroyed stack has none."""
-        document = _read_json(self._directory / f"{self._stem}.checkpoint.json{self._gz}")
+        document = _read_json(self._files, f"{self._stem}.checkpoint.json{self._gz}")
         latest = document.get("checkpoint", {}).get("latest") or {}
         return {r["urn"].rsplit("::", 1)[-1]: r for r in latest.get("resources") or []}
 
@@ -262,16 +265,16 @@ class _Update:
         )
 
 
-def _updates(directory: Path, stack: str) -> list[_Update]:
+def _updates(files: StackHistory, stack: str) -> list[_Update]:
     """Every update of ``stack`` in save order, from one listing (``.attrs`` sidecars are skipped)."""
     prefix, found = f"{stack}-", []
-    for name in os.listdir(directory):
+    for name in list_names(files):
         if name.startswith(prefix) and name.endswith((".history.json", ".history.json.gz")):
             stem, _, gz = name.partition(".history.json")
             nanos = stem[len(prefix) :]
             if nanos.isdigit():  # not another stack whose name starts with this one's and a dash
                 found.append((int(nanos), stem, gz))
-    return [_Update(directory, *entry) for entry in sorted(found)]
+    return [_Update(files, *entry) for entry in sorted(found)]
 
 
 @dataclass(frozen=True)

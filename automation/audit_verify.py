@@ -11,15 +11,12 @@ release seals them, and until then only the bucket's versioning or object lock p
 
 from __future__ import annotations
 
-import gzip
-import json
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from automation.audit import AuditError, history_dir
-from automation.backend_files import PROJECT_NAME
+from automation.audit import AuditError, history_dir, no_history
+from automation.backend_files import PROJECT_NAME, StackHistory, decode
 from components.audit_chain import UPDATE_FILE, digest, file_digest, record_digest, update_files
 
 CHECKPOINT = "release-checkpoint"  # the URN's last part of ModelDeployment's VerifiedCheckpoint
@@ -48,10 +45,9 @@ class VerifyReport(BaseModel):
     breaks: list[Break] = Field(description="every break, in history order; the first is the earliest")
 
 
-def _checkpoint_record(path: Path) -> dict[str, Any] | None:
+def _checkpoint_record(history: StackHistory, name: str) -> dict[str, Any] | None:
     """The verified checkpoint's outputs in one per-update checkpoint file (None: no release verified yet)."""
-    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as file:
-        document = json.load(file)
+    document = decode(name, history.read(name))
     for resource in ((document.get("checkpoint") or {}).get("latest") or {}).get("resources") or []:
         if resource.get("urn", "").rsplit("::", 1)[-1] == CHECKPOINT:
             return resource.get("outputs") or {}
@@ -60,10 +56,13 @@ def _checkpoint_record(path: Path) -> dict[str, Any] | None:
 
 def verify(backend_url: str, stack: str, *, project: str = PROJECT_NAME) -> VerifyReport:
     """Walk every per-update file of ``stack`` and check each link of the chain against the files."""
-    directory = history_dir(backend_url, project, stack)
-    files = update_files(directory, stack)
+    history = history_dir(backend_url, project, stack)
+    try:
+        files = update_files(history, stack)
+    except OSError as exc:
+        raise AuditError(f"{exc}: check the backend's endpoint and credentials (AWS_* for s3://)") from None
     if not files:
-        raise AuditError(f"no history for stack {stack} in {backend_url}: check --stack and PULUMI_BACKEND_URL")
+        raise AuditError(no_history(stack, backend_url))
     names = [name for _, name in files]
     breaks: list[Break] = []
     seen: dict[str, str] = {}  # every file sealed so far -> its sealed digest
@@ -73,7 +72,7 @@ def verify(backend_url: str, stack: str, *, project: str = PROJECT_NAME) -> Veri
         if not name.endswith((".checkpoint.json", ".checkpoint.json.gz")):
             continue
         try:
-            record = _checkpoint_record(directory / name)
+            record = _checkpoint_record(history, name)
         except (OSError, ValueError) as exc:
             breaks.append(Break(kind="unreadable", file=name, detail=f"cannot be read as a checkpoint: {exc}"))
             continue
@@ -97,7 +96,7 @@ def verify(backend_url: str, stack: str, *, project: str = PROJECT_NAME) -> Veri
             seen[str(entry.get("file"))] = str(entry.get("sha256"))
             if entry.get("file") in names:
                 last_sealed = max(last_sealed, names.index(entry["file"]))
-        breaks += _check_sealed(directory, name, record, names[:position], seen)
+        breaks += _check_sealed(history, name, record, names[:position], seen)
         head, head_file, chained_head = record, name, chained
     return VerifyReport(
         stack=stack,
@@ -137,20 +136,20 @@ def _check_record(name: str, record: dict[str, Any], head: dict[str, Any] | None
 
 
 def _check_sealed(
-    directory: Path, name: str, record: dict[str, Any], before: list[str], seen: dict[str, str]
+    history: StackHistory, name: str, record: dict[str, Any], before: list[str], seen: dict[str, str]
 ) -> list[Break]:
     """The files ``record`` sealed: each still there with its digest, and none slipped in between them."""
     found = []
     sealed = [entry.get("file") for entry in record.get("history_sealed") or []]
     for entry in record.get("history_sealed") or []:
-        path = directory / str(entry.get("file"))
+        sealed_file = str(entry.get("file"))
         try:
-            actual = file_digest(path)
+            actual = file_digest(history, sealed_file)
         except FileNotFoundError:
-            found.append(Break(kind="deleted", file=path.name, detail=f"sealed by {name}, now missing"))
+            found.append(Break(kind="deleted", file=sealed_file, detail=f"sealed by {name}, now missing"))
             continue
         if actual != entry.get("sha256"):
-            found.append(Break(kind="edited", file=path.name, detail=f"its sha256 is not the one {name} sealed"))
+            found.append(Break(kind="edited", file=sealed_file, detail=f"its sha256 is not the one {name} sealed"))
     if sealed:
         first = before.index(sealed[0]) if sealed[0] in before else 0
         extra = [n for n in before[first:] if n not in seen]

@@ -136,7 +136,9 @@ def init(
 @app.command()
 def promote(
     stack: StackOpt,
-    model: Annotated[Path, typer.Option("--model", help="MLServer model directory of the candidate")],
+    model: Annotated[
+        str, typer.Option("--model", help="MLServer model directory of the candidate, or s3://BUCKET/PREFIX/")
+    ],
     model_version: Annotated[
         str | None, typer.Option("--version", help="version label (default: the one in model-settings.json)")
     ] = None,

@@ -36,7 +36,7 @@ class LiveDriftUnavailable(Exception):
 
 
 def _schema(spec: ReleaseSpec, project_dir: Path) -> FeatureSchema:
-    model_dir, holdout = resolve(spec.model.path, project_dir), resolve(spec.data.holdout, project_dir)
+    model_dir, holdout = spec.model.model_dir(project_dir), resolve(spec.data.holdout, project_dir)
     for path in (model_dir / SCHEMA_FILE, holdout.parent / SCHEMA_FILE):
         if path.is_file():
             return FeatureSchema.model_validate_json(path.read_bytes())

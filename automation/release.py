@@ -27,7 +27,7 @@ from automation.backend_files import PROJECT_NAME, stack_outputs
 from automation.errors import CommandFailed
 from automation.lock import LockBusy, release_lock
 from automation.stack import EngineProgress, Say, StackContext
-from components.spec import SpecError, load_spec, resolve
+from components.spec import ModelSpec, SpecError, load_spec
 from components.targets import factory
 from components.targets.base import Routes, Target, TargetError
 from serving.artifacts import ArtifactDigestError, ModelDirError, artifact_digest, read_settings
@@ -66,15 +66,21 @@ class RollbackReport(BaseModel):
     routes: dict[str, Any]
 
 
-def _candidate(model_dir: Path, version: str | None, expected_sha256: str | None) -> dict[str, str]:
+def _candidate(given: str, project_dir: Path, version: str | None, expected_sha256: str | None) -> dict[str, str]:
+    """The candidate of ``--model`` (a directory, or ``s3://BUCKET/PREFIX/`` fetched into the artifact cache)."""
+    remote, model_dir = given.startswith("s3://"), Path(given).resolve()
     try:
+        if remote:
+            from automation.stores.artifacts import cache_root, fetch_model_dir  # boto3 only where it is needed
+
+            model_dir = fetch_model_dir(given, expected_sha256, cache_root(project_dir))
         settings = read_settings(model_dir)
         sha256 = artifact_digest(model_dir)
     except (ModelDirError, ArtifactDigestError, OSError) as exc:
-        raise CommandFailed(f"--model {model_dir}: {exc}", 2) from None
+        raise CommandFailed(f"--model {given}: {exc}", 2) from None
     if expected_sha256 and expected_sha256.lower() != sha256:
         raise CommandFailed(
-            f"--model {model_dir}: artifact sha256 is {sha256}, not the expected {expected_sha256}: the artifact was"
+            f"--model {given}: artifact sha256 is {sha256}, not the expected {expected_sha256}: the artifact was"
             " changed or the wrong directory was given; nothing was released",
             2,
         )
@@ -87,7 +93,8 @@ def _candidate(model_dir: Path, version: str | None, expected_sha256: str | None
         )
     if not (version or served):
         raise CommandFailed(f"{model_dir}/model-settings.json has no parameters.version: pass --version", 2)
-    return {"name": settings.name, "version": str(version or served), "path": str(model_dir), "sha256": sha256}
+    path = given if remote else str(model_dir)  # state records where the model came from
+    return {"name": settings.name, "version": str(version or served), "path": path, "sha256": sha256}
 
 
 def _gates(outputs: dict[str, Any]) -> dict[str, Any]:
@@ -109,7 +116,7 @@ def _routes(target: Target) -> dict[str, Any] | None:
 
 def promote(
     ctx: StackContext,
-    model_dir: Path,
+    model_dir: str | Path,
     version: str | None,
     say: Say,
     *,
@@ -123,7 +130,7 @@ def promote(
     ``output`` says where the candidate's answers hold the score when it differs from the live version's
     (``mlrelease:model.output``); the incumbent is read as it was verified.
     """
-    model: dict[str, Any] = _candidate(Path(model_dir).resolve(), version, expected_sha256)
+    model: dict[str, Any] = _candidate(str(model_dir), ctx.project_dir, version, expected_sha256)
     if output is not None:
         model["output"] = output.model_dump(mode="json", exclude_none=True)
     try:
@@ -327,8 +334,9 @@ def _recorded_previous(ctx: StackContext) -> tuple[str, Target] | None:
     Its ``verified`` output names the previous version, and the live release's config names the target live
     traffic is on. After a finished restore (``restored_from``) the live version is the one restored, so a
     re-run moves nothing; an unfinished one (killed before its converge's checkpoint) still names the restored
-    version as previous. None when the file cannot say (not a file:// backend, nothing verified, no
-    predecessor): the rollback then asks the engine, as it always does afterwards to converge.
+    version as previous. None when the file cannot say (neither a file:// nor an s3:// backend, a bucket not
+    answering, nothing verified, no predecessor): the rollback then asks the engine, as it always does
+    afterwards to converge.
     """
     verified = (stack_outputs(ctx.env["PULUMI_BACKEND_URL"], PROJECT_NAME, ctx.name) or {}).get("verified")
     if not isinstance(verified, dict) or not isinstance(verified.get("config"), dict):
@@ -362,11 +370,11 @@ def _rollback(
     version = marker["version"]
     if moved != version:
         try:
-            model_dir = resolve(config["model"]["path"], ctx.project_dir)
+            model_dir = ModelSpec(**config["model"]).model_dir(ctx.project_dir)
             output = OutputSpec(**config["model"].get("output") or {})
             move_traffic(ctx.target, version, model_dir, marker["sha256"], output)
             moved_at, traffic_seconds = time.time(), time.time() - fired_at
-        except TargetError as exc:
+        except (TargetError, ValueError) as exc:  # ValueError: the recorded model cannot be fetched or checked
             traffic_seconds = None
             say(f"traffic could not move first ({exc}); the converge moves it")
     if traffic_seconds is not None:

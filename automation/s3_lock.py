@@ -20,7 +20,6 @@ the engine's update), and a dead holder's lock frees itself.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import socket
@@ -31,54 +30,19 @@ import uuid
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import boto3
-import botocore.config
 import botocore.exceptions
 
 from automation.lock import LockBusy
+from automation.stores.s3 import STORE_ERRORS, Bucket, error_code, missing
 
 LOCK_PREFIX = ".mlrelease/locks"
-_STORE_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 DEFAULT_LEASE_S = 30.0
 LEASE_ENV = "MLRELEASE_LOCK_LEASE_SECONDS"
 
 
-@dataclass(frozen=True)
-class Bucket:
-    """Where an ``s3://`` backend URL points: bucket, endpoint and addressing, as Pulumi's gocloud driver reads it."""
-
-    name: str
-    endpoint: str | None
-    region: str | None
-    path_style: bool
-
-    @classmethod
-    def from_backend_url(cls, url: str) -> Bucket:
-        parts = urlsplit(url)
-        if parts.scheme != "s3" or not parts.netloc:
-            raise ValueError(f"{url} is not an s3://BUCKET backend URL")
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        endpoint = query.get("endpoint")
-        if endpoint and "://" not in endpoint:
-            endpoint = ("http://" if query.get("disable_https") == "true" else "https://") + endpoint
-        return cls(parts.netloc, endpoint, query.get("region"), query.get("use_path_style") == "true")
-
-    @functools.cache  # noqa: B019 - a few buckets per process; a client costs ~50 ms to build, a watcher asks every tick
-    def client(self):
-        """A client that signs with the process's AWS credentials (the environment, a profile, a role)."""
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name=self.region or os.environ.get("AWS_REGION") or "us-east-1",
-            config=botocore.config.Config(
-                s3={"addressing_style": "path" if self.path_style else "auto"},
-                retries={"max_attempts": 2},
-                connect_timeout=3,
-                read_timeout=10,
-            ),
-        )
+def lock_key(project: str, stack: str) -> str:
+    return f"{LOCK_PREFIX}/{project}/{stack.rsplit('/', 1)[-1]}.json"
 
 
 def lease_seconds() -> float:
@@ -93,17 +57,9 @@ def lease_seconds() -> float:
     return value
 
 
-def _code(exc: botocore.exceptions.ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 def _conflict(exc: botocore.exceptions.ClientError) -> bool:
     """412: the condition did not hold; 409: another conditional write to the key was in flight."""
-    return _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
-
-
-def _missing(exc: botocore.exceptions.ClientError) -> bool:
-    return _code(exc) in ("NoSuchKey", "404", "NotFound")
+    return error_code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409")
 
 
 @dataclass(frozen=True)
@@ -123,7 +79,7 @@ class S3Lease:
 
     def __init__(self, backend_url: str, project: str, stack: str, operation: str) -> None:
         self.bucket = Bucket.from_backend_url(backend_url)
-        self.key = f"{LOCK_PREFIX}/{project}/{stack.rsplit('/', 1)[-1]}.json"
+        self.key = self.bucket.key(lock_key(project, stack))
         try:
             self.lease_s = lease_seconds()
         except ValueError as exc:
@@ -163,7 +119,7 @@ class S3Lease:
                 if not _conflict(exc):
                     raise
                 self._take_over()
-        except _STORE_ERRORS as exc:
+        except STORE_ERRORS as exc:
             raise LockBusy(
                 f"the release lock of stack {self.stack} could not be taken at s3://{self.bucket.name}/{self.key}"
                 f" ({exc}): check the bucket's endpoint and the AWS credentials, then run {self.operation} again;"
@@ -202,7 +158,7 @@ class S3Lease:
                 self._etag = self._put(IfMatch=self._etag or "")
                 last_ok = time.monotonic()
             except botocore.exceptions.ClientError as exc:
-                if _conflict(exc) or _missing(exc):
+                if _conflict(exc) or missing(exc):
                     self._lose("another runner took the lock over (our lease had expired)")
                     return
             except botocore.exceptions.BotoCoreError:
@@ -222,7 +178,7 @@ class S3Lease:
             held = read(self._client, self.bucket.name, self.key)
             if held is not None and held.record.get("holder") == self.holder_id:
                 self._client.delete_object(Bucket=self.bucket.name, Key=self.key)
-        except _STORE_ERRORS as exc:  # the lease ends by itself: the operation's outcome stands
+        except STORE_ERRORS as exc:  # the lease ends by itself: the operation's outcome stands
             print(f"mlrelease: warning: the release lock of stack {self.stack} was not released ({exc}):"
                   f" it expires {self.lease_s:.0f}s after its last heartbeat", file=sys.stderr)  # fmt: skip
 
@@ -232,7 +188,7 @@ def read(client: Any, bucket: str, key: str) -> Held | None:
     try:
         answer = client.get_object(Bucket=bucket, Key=key)
     except botocore.exceptions.ClientError as exc:
-        if _missing(exc):
+        if missing(exc):
             return None
         raise
     try:
@@ -261,8 +217,8 @@ def holder(backend_url: str, project: str, stack: str) -> dict[str, Any] | None:
     """Who holds the stack's lock (``{"pid", "host", "operation", "since"}``), or None when it is free or expired."""
     bucket = Bucket.from_backend_url(backend_url)
     try:
-        held = read(bucket.client(), bucket.name, f"{LOCK_PREFIX}/{project}/{stack.rsplit('/', 1)[-1]}.json")
-    except _STORE_ERRORS as exc:  # unknown is not free: a watcher pauses rather than fire into a promote
+        held = read(bucket.client(), bucket.name, bucket.key(lock_key(project, stack)))
+    except STORE_ERRORS as exc:  # unknown is not free: a watcher pauses rather than fire into a promote
         return {
             "pid": None,
             "host": None,

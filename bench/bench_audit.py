@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from automation.backend_files import stack_history
 from automation.engine import VENV_DIR
 from components.audit_chain import seal
 
@@ -214,6 +215,7 @@ class SyntheticStack:
         self.url = backend.resolve().as_uri()
         self.dir = backend / ".pulumi" / "history" / PROJECT / stack
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.files = stack_history(self.url, PROJECT, stack)
         self.resources: dict[str, dict[str, Any]] = {}
         self.config: dict[str, Any] = {}
         self._provider = {
@@ -309,7 +311,7 @@ class SyntheticStack:
             "verified_at": t + 0.5,
         }
         before = self.resources.get("release-checkpoint", {}).get("outputs")
-        self._set("release-checkpoint", t + 0.5, **record, **seal(record, before, self.dir, self.stack))
+        self._set("release-checkpoint", t + 0.5, **record, **seal(record, before, self.files, self.stack))
         played.end = t + 1
         self._save("update", played, "succeeded", message, [*changed, "release-checkpoint"])
         return played

@@ -21,8 +21,7 @@ import hashlib
 import json
 import re
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 # Fields of a checkpoint record the chain covers: the release as recorded, its stamp and its own chain links.
 SEALED_FIELDS = (
@@ -68,14 +67,18 @@ def record_digest(record: Mapping[str, Any]) -> str:
     return digest({field: record.get(field) for field in SEALED_FIELDS})
 
 
-def update_files(directory: Path, stack: str) -> list[tuple[int, str]]:
-    """``stack``'s per-update files in ``directory`` as (nanos, name), in the order the engine wrote them."""
+class UpdateFiles(Protocol):
+    """A stack's per-update files where its backend keeps them (a directory, a bucket prefix)."""
+
+    def names(self) -> list[str]: ...
+
+    def read(self, name: str) -> bytes: ...
+
+
+def update_files(history: UpdateFiles, stack: str) -> list[tuple[int, str]]:
+    """``stack``'s per-update files as (nanos, name), in the order the engine wrote them."""
     found = []
-    try:
-        names = [entry.name for entry in directory.iterdir()]
-    except FileNotFoundError:
-        return []
-    for name in names:
+    for name in history.names():
         match = UPDATE_FILE.match(name)
         if match and match["stack"] == stack:
             kind_order = 0 if match["kind"] == "checkpoint" else 1  # the engine saves the checkpoint first
@@ -83,26 +86,28 @@ def update_files(directory: Path, stack: str) -> list[tuple[int, str]]:
     return [(nanos, name) for nanos, _, name in sorted(found)]
 
 
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def file_digest(history: UpdateFiles, name: str) -> str:
+    return hashlib.sha256(history.read(name)).hexdigest()
 
 
-def seal(record: Mapping[str, Any], previous: Mapping[str, Any] | None, history: Path | None, stack: str) -> dict:
+def seal(
+    record: Mapping[str, Any], previous: Mapping[str, Any] | None, history: UpdateFiles | None, stack: str
+) -> dict:
     """The chain fields of a new checkpoint ``record`` that follows ``previous`` (None on a stack's first).
 
-    ``history`` is the stack's per-update directory when the backend is a local one; the files sealed are
+    ``history`` is the stack's per-update files when mlrelease can read its backend; the files sealed are
     those after the last one ``previous`` sealed (all of them when it sealed none, so files a record could not
     read are sealed by the next one).
     """
     sealed: list[dict[str, str]] | None = None
     if history is not None:
         after = ((previous or {}).get("history_sealed") or [{}])[-1].get("file")
-        files = update_files(history, stack)
-        if after is not None:
-            names = [name for _, name in files]
-            files = files[names.index(after) + 1 :] if after in names else files
         try:
-            sealed = [{"file": name, "sha256": file_digest(history / name)} for _, name in files]
+            files = update_files(history, stack)
+            if after is not None:
+                names = [name for _, name in files]
+                files = files[names.index(after) + 1 :] if after in names else files
+            sealed = [{"file": name, "sha256": file_digest(history, name)} for _, name in files]
         except OSError:  # a release that passed is not failed by its audit trail: the next record seals these
             sealed = None
     fields = {

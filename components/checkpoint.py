@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Any
 
 import pulumi
 from pulumi.dynamic import CreateResult, DiffResult, ResourceProvider, UpdateResult
 
-from automation.backend_files import backend_root
+from automation.backend_files import StackHistory, stack_history
 from components.audit_chain import seal
 from serving.release_metrics import ReleaseMetrics
 
@@ -40,13 +39,13 @@ _RECORDED = (
 )
 
 
-def _history(props: dict[str, Any]) -> Path | None:
-    """The stack's per-update directory on a local backend (the engine gives its URL to its plugins); None
-    elsewhere, or for state written before the stack's name was passed: then no update file is sealed."""
-    root = backend_root(os.environ.get("PULUMI_BACKEND_URL", ""))
-    if root is None or not props.get("project") or not props.get("stack"):
+def _history(props: dict[str, Any]) -> StackHistory | None:
+    """The stack's per-update files on a ``file://`` or ``s3://`` backend (the engine gives its URL and
+    credentials to its plugins); None elsewhere, or for state written before the stack's name was passed: then
+    no update file is sealed."""
+    if not props.get("project") or not props.get("stack"):
         return None
-    return root / ".pulumi" / "history" / props["project"] / props["stack"]
+    return stack_history(os.environ.get("PULUMI_BACKEND_URL", ""), props["project"], props["stack"])
 
 
 def _sealed(props: dict[str, Any], previous: dict[str, Any] | None) -> dict[str, Any]:

@@ -48,14 +48,32 @@ class ModelSpec(_Strict):
 
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="model name clients call")
     version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$", description="version label")
-    path: str = Field(min_length=1, description="model directory, absolute or relative to the project")
+    path: str = Field(
+        min_length=1,
+        description="model directory: absolute, relative to the project, or s3://BUCKET/PREFIX/ (fetched, checked)",
+    )
     sha256: str = Field(pattern=SHA256, description="sha256 of the artifact (64 lowercase hex)")
     output: OutputSpec = Field(
         default=OutputSpec(), description="which V2 output (tensor) and column holds the score, e.g. predict_proba, 1"
     )
 
+    @field_validator("path")
+    @classmethod
+    def _local_or_s3(cls, path: str) -> str:
+        scheme = path.split("://", 1)[0] if "://" in path else None
+        if scheme is not None and (scheme != "s3" or not path[len("s3://") :].split("?", 1)[0].strip("/").count("/")):
+            raise ValueError(
+                f"{path!r} is neither a local directory nor s3://BUCKET/PREFIX/: object storage is read over S3's API"
+            )
+        return path
+
     def model_dir(self, project_dir: Path) -> Path:
-        """The model directory as an absolute path."""
+        """The model directory as an absolute local path; one in object storage is fetched into the artifact
+        cache first and its digest checked (ModelDirError or ArtifactDigestError when it cannot be served)."""
+        if self.path.startswith("s3://"):
+            from automation.stores.artifacts import cache_root, fetch_model_dir  # boto3 only where it is needed
+
+            return fetch_model_dir(self.path, self.sha256, cache_root(project_dir))
         return resolve(self.path, project_dir)
 
 

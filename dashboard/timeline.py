@@ -8,15 +8,13 @@ outcome, so the page can draw it as a marker that cannot be mistaken for an ordi
 
 from __future__ import annotations
 
-import gzip
-import json
-import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from automation.audit import history_dir
+from automation.audit import AuditError, history_dir, list_names, no_history
+from automation.backend_files import decode
 
 Lane = Literal["update", "gates", "canary", "release", "rollback", "drill"]
 Outcome = Literal["ok", "failed", "rollback", "info"]
@@ -34,24 +32,25 @@ class Event(BaseModel):
 
 
 def history_events(backend_url: str, project: str, stack: str, *, newest: int = 200) -> list[Event]:
-    """The stack's last ``newest`` updates as events, from the ``file://`` backend's history records.
+    """The stack's last ``newest`` updates as events, from the backend's history records.
 
-    Raises AuditError (one line naming the fix) when the backend is not ``file://`` or the stack has no history.
-    Records are named ``<stack>-<unix nanos>.history.json[.gz]``, so the newest are found from one listing.
+    Raises AuditError (one line naming the fix) when the backend is neither ``file://`` nor ``s3://``, does not
+    answer, or holds no update of the stack. Records are named ``<stack>-<unix nanos>.history.json[.gz]``, so
+    the newest are found from one listing.
     """
-    directory = history_dir(backend_url, project, stack)
+    history = history_dir(backend_url, project, stack)
     prefix, found = f"{stack}-", []
-    for name in os.listdir(directory):
+    for name in list_names(history):
         nanos = name.partition(".history.json")[0].removeprefix(prefix)
         # .attrs sidecars aside, and not another stack whose name starts with this one's and a dash
         if name.startswith(prefix) and name.endswith((".history.json", ".history.json.gz")) and nanos.isdigit():
             found.append((int(nanos), name))
+    if not found:
+        raise AuditError(no_history(stack, backend_url))
     events = []
     for _nanos, name in sorted(found)[-newest:]:
-        path = directory / name
         try:
-            with gzip.open(path, "rb") if name.endswith(".gz") else path.open("rb") as file:
-                record = json.load(file)
+            record = decode(name, history.read(name))
         except (OSError, ValueError):
             continue  # a record being written; the next poll reads it
         events.append(_update_event(record))

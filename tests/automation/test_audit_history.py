@@ -335,15 +335,16 @@ def test_only_the_files_around_t_are_read(stack: SyntheticStack, monkeypatch: py
         played.append(stack.release(f"v{n}", played[-1].end + 100))
     read: list[str] = []
     real = automation.audit._read_json
-    monkeypatch.setattr(automation.audit, "_read_json", lambda path: read.append(path.name) or real(path))
+    monkeypatch.setattr(automation.audit, "_read_json", lambda files, name: read.append(name) or real(files, name))
     middle = played[20]
     assert split(audit(stack.url, "staging", at(middle.steps[1][0] + 1))) == {"v20": 50, "v21": 50}
     assert len(read) <= 5, read  # of 78 history and checkpoint files
 
 
-def test_non_file_backend_names_the_fix() -> None:
-    with pytest.raises(AuditError, match=r"^audit reads per-update checkpoints from a file:// backend; s3://bucket/"):
-        history_dir("s3://bucket/state", "mlrelease", "prod")
+def test_a_backend_audit_cannot_read_names_the_fix() -> None:
+    message = r"^audit reads per-update checkpoints from a file:// or s3:// backend; https://api.pulumi.com is neither"
+    with pytest.raises(AuditError, match=message):
+        history_dir("https://api.pulumi.com", "mlrelease", "prod")
     with pytest.raises(AuditError, match="file://"):
         audit("https://api.pulumi.com", "prod", at(T0))
 
@@ -365,7 +366,7 @@ def test_a_missing_checkpoint_is_an_error_that_names_it(stack: SyntheticStack) -
     [checkpoint] = stack.dir.glob("*.checkpoint.json")
     checkpoint.unlink()
     with pytest.raises(
-        AuditError, match=f"^cannot read {re.escape(str(checkpoint))}: .*is the backend directory complete"
+        AuditError, match=rf"^cannot read {re.escape(str(checkpoint))}: .*is the backend complete and readable\?$"
     ):
         audit(stack.url, "staging", at(first.end + 1))
 

@@ -15,6 +15,7 @@ import pytest
 
 from automation.audit import AuditError
 from automation.audit_verify import verify
+from automation.backend_files import stack_history
 from bench.bench_audit import SyntheticStack
 from components.audit_chain import canonical, digest, record_digest, seal
 
@@ -134,14 +135,15 @@ def test_a_destroy_ends_a_chain_and_the_next_release_starts_one(tmp_path: Path) 
 
 
 def test_an_unreadable_update_file_leaves_the_record_unsealed_and_the_next_one_seals_it(tmp_path: Path) -> None:
-    history = tmp_path / "history"
-    history.mkdir()
-    (history / "prod-1.checkpoint.json").write_text("{}")
-    (history / "prod-1.history.json").mkdir()  # reading it fails, as a file without read permission would
+    directory = tmp_path / ".pulumi" / "history" / "mlrelease" / "prod"
+    directory.mkdir(parents=True)
+    history = stack_history(tmp_path.as_uri(), "mlrelease", "prod")
+    (directory / "prod-1.checkpoint.json").write_text("{}")
+    (directory / "prod-1.history.json").mkdir()  # reading it fails, as a file without read permission would
     first = seal({"live": {"version": "v1"}}, None, history, "prod")
     assert first["history_sealed"] is None
-    (history / "prod-1.history.json").rmdir()
-    (history / "prod-1.history.json").write_text("{}")
+    (directory / "prod-1.history.json").rmdir()
+    (directory / "prod-1.history.json").write_text("{}")
     second = seal({"live": {"version": "v2"}}, {"live": {"version": "v1"}, **first}, history, "prod")
     assert [e["file"] for e in second["history_sealed"]] == ["prod-1.checkpoint.json", "prod-1.history.json"]
 

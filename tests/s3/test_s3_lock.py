@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from automation.lock import LockBusy, ReleaseLock, holder, release_lock
-from automation.s3_lock import LEASE_ENV, Bucket, S3Lease
+from automation.s3_lock import LEASE_ENV, S3Lease
 from automation.s3server import S3Server
+from automation.stores.s3 import Bucket
 from serving.wait import wait_until
 
 PROJECT = "mlrelease"

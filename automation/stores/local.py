@@ -1,0 +1,22 @@
+"""A ``file://`` backend: its root directory on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LocalStore:
+    def __init__(self, url: str, root: Path) -> None:
+        self.url, self.root = url, root
+
+    def names(self, directory: str) -> list[str]:
+        try:
+            return [entry.name for entry in (self.root / directory).iterdir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def read(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+    def where(self, key: str) -> str:
+        return str(self.root / key)
