@@ -17,6 +17,10 @@ through promotions of new versions, a release blocked at a gate, one that fails 
 Printed: the median of ``--runs`` audits at an early, a middle and a late time (each inside an update's canary);
 the first audit of the process (cold: nothing imported lazily is warm yet; the files are in the OS page cache,
 having just been written); and the baseline measured in the same run, json-loading every history file once.
+
+``--s3`` uploads the same files to a local SeaweedFS (``automation.s3server``, started in the temp dir) at the keys
+Pulumi's DIY S3 backend uses, and times the same audits, the whole CLI process and ``--verify`` from the bucket,
+each against its ``file://`` figure of the same run.
 """
 
 from __future__ import annotations
@@ -452,6 +456,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--updates", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--s3", action="store_true", help="also from a bucket of a local SeaweedFS")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -513,6 +518,55 @@ def main() -> None:
             f"{label:<48} median {statistics.median(samples):8.2f} s   n=3  ratio"
             f" {statistics.median(samples) / baseline:.1f}  intact={checked.intact} sealed={checked.sealed_records}"
         )
+        if args.s3:
+            on_s3(Path(tmp), stack, moments, args.runs, statistics.median(cli), statistics.median(samples))
+
+
+def on_s3(tmp: Path, stack: SyntheticStack, moments: dict[str, float], runs: int, cli_file: float, verify_file: float):
+    """The same questions from a bucket: each figure against its file:// one of this run."""
+    from automation.audit import audit
+    from automation.audit_verify import verify
+    from automation.s3server import start_s3_server, stop_s3_server
+    from automation.stores.s3 import Bucket
+
+    server = start_s3_server(tmp / "s3")
+    try:
+        os.environ.update(server.env())
+        url = server.backend_url()
+        bucket = Bucket.from_backend_url(url)
+        started = time.perf_counter()
+        files = [p for p in stack.dir.iterdir() if not p.name.endswith(".attrs")]
+        for path in files:
+            key = f".pulumi/history/{PROJECT}/staging/{path.name}"
+            bucket.client().put_object(Bucket=bucket.name, Key=key, Body=path.read_bytes())
+        print(f"s3: {len(files)} objects uploaded in {time.perf_counter() - started:.1f}s to {url.split('?')[0]}")
+
+        def at(where: str, unix: float) -> Callable[[], object]:
+            return lambda: audit(where, "staging", datetime.fromtimestamp(unix, UTC))
+
+        cold = timed(at(url, moments["middle"]), 1)[0]
+        print(f"{'s3: audit, first call of the process (cold)':<48}        {cold * 1e3:8.2f} ms")
+        for name, unix in moments.items():
+            local = statistics.median(timed(at(stack.url, unix), runs))
+            samples = timed(at(url, unix), runs)
+            median = statistics.median(samples)
+            label = f"s3: audit, {name} (mid-canary)"
+            print(f"{label:<48} median {median * 1e3:8.2f} ms  n={runs}  file:// {local * 1e3:.2f} ms  ratio"
+                  f" {median / local:.1f}")  # fmt: skip
+        iso = datetime.fromtimestamp(moments["middle"], UTC).isoformat()
+        argv = [str(VENV_DIR / "bin" / "mlrelease"), "audit", "--stack", "staging", "--at", iso, "--json"]
+        env = {**os.environ, "PULUMI_BACKEND_URL": url}
+        cli = statistics.median(timed(lambda: subprocess.run(argv, env=env, check=True, capture_output=True), runs))
+        label = "s3: `mlrelease audit --json`, whole process"
+        print(f"{label:<48} median {cli:8.2f} s   n={runs}  file:// {cli_file:.2f} s  ratio {cli / cli_file:.2f}")
+        same = audit(url, "staging", datetime.fromtimestamp(moments["late"], UTC))
+        assert same == audit(stack.url, "staging", datetime.fromtimestamp(moments["late"], UTC))
+        samples = timed(lambda: verify(url, "staging"), 3)
+        label = "s3: audit --verify, whole history (in process)"
+        print(f"{label:<48} median {statistics.median(samples):8.2f} s   n=3  file:// {verify_file:.2f} s  ratio"
+              f" {statistics.median(samples) / verify_file:.1f}  intact={verify(url, 'staging').intact}")  # fmt: skip
+    finally:
+        stop_s3_server(tmp / "s3")
 
 
 if __name__ == "__main__":

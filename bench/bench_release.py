@@ -65,13 +65,16 @@ def cold_setup() -> list[float]:
 class Bench:
     """A copy of the program on a temp backend with the sample models."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, backend: dict[str, str] | None = None) -> None:
+        """``backend``: the environment of another backend (an ``s3://`` URL and its credentials); by default a
+        ``file://`` directory in ``tmp``."""
         self.models = build_sample_models(tmp / "sample")
         self.windows = build_sample_windows(self.models.holdout.parent)
         self.project = copy_program(tmp / "project")
         (tmp / "state").mkdir()
-        env = {**os.environ, "PULUMI_BACKEND_URL": (tmp / "state").as_uri(), "PULUMI_CONFIG_PASSPHRASE": "bench"}
-        self.stack = select_stack("bench", work_dir=self.project, env=env)
+        self.env = {**os.environ, "PULUMI_BACKEND_URL": (tmp / "state").as_uri(), "PULUMI_CONFIG_PASSPHRASE": "bench"}
+        self.env.update(backend or {})
+        self.stack = select_stack("bench", work_dir=self.project, env=self.env)
 
     def configure(self, variant: str) -> None:
         config = sample_config(self.models, self.windows, variant)

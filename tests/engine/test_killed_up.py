@@ -4,6 +4,10 @@ The real engine and runtime: v1 live, then ``mlrelease promote`` of v2 killed (S
 the CLI, the engine and the step's provider) while step 1 bakes. The step's split is leased
 (``mlrelease:canary.lease_seconds``), so the router puts all traffic back on v1 by itself; the next promote
 re-runs the steps the state no longer finds live and promotes v2.
+
+It runs on both backends. On ``s3://`` the killed promote leaves its release lock object and the engine's own
+lock in the bucket: the lock's lease (5 s here) ends by itself, and the next promote clears the engine lock of
+the dead process, as on ``file://``.
 """
 
 from __future__ import annotations
@@ -13,12 +17,16 @@ import os
 import signal
 import subprocess
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 from pulumi import automation as auto
 
 from automation.engine import VENV_DIR
+from automation.lock import holder
+from automation.s3_lock import LEASE_ENV
 from serving.wait import wait_until
 from tests.engine.conftest import FAST_CANARY, Project, kill_engine_leftovers, mlrelease, release_resources
 
@@ -27,6 +35,21 @@ STACK = "killed"
 LEASE_S = 5.0
 # A bake long enough to kill it in: min_pairs at 80 req/s takes several seconds.
 CANARY = {**FAST_CANARY, "lease_seconds": LEASE_S, "min_pairs": 600, "max_pairs": 3000}
+
+
+@pytest.fixture(scope="module", params=["file", "s3"])
+def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sample) -> Iterator[Project]:
+    """A copy of the program on a ``file://`` backend of its own, or on a prefix of its own in the bucket."""
+    backend = None
+    if request.param == "s3":
+        s3 = request.getfixturevalue("s3")
+        url = s3.backend_url().replace("?", f"/killed-{uuid.uuid4().hex[:8]}?", 1)
+        backend = {**s3.env(), "PULUMI_BACKEND_URL": url, LEASE_ENV: "5"}
+    proj = Project(tmp_path_factory.mktemp(f"killed-{request.param}"), sample, backend)
+    try:
+        yield proj
+    finally:
+        proj.teardown()
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +87,9 @@ def test_a_promote_killed_mid_step_leaves_no_split_and_the_next_one_converges(
     assert audit.code == 0 and audit.json["state"] == "settled", audit
     assert {m["version"]: m["traffic_percent"] for m in audit.json["models"] if m["traffic_percent"]} == {"v1": 100}
 
+    # The killed promote's lock: an flock the kernel dropped, or an object in the bucket whose lease ends.
+    url = project.env["PULUMI_BACKEND_URL"]
+    wait_until(lambda: holder(project.dir, STACK, url) is None, 60, "the killed promote's lock to free itself")
     again = mlrelease(project, "promote", "--stack", STACK, "--model", str(model))
     assert again.code == 0 and again.json["outcome"] == "promoted", again
     assert [v["weight"] for v in again.json["canary"]] == [5, 50, 100]

@@ -1,6 +1,7 @@
 """Two runners, one ``s3://`` backend on the real object store: separate working copies of the program, one
-bucket holding the state and the release lock. The engine's DIY S3 backend and ``mlrelease promote`` work on it,
-and while one runner's promote holds the stack the other's is refused, naming the holder."""
+bucket holding the state, the release lock and a model directory. The engine's DIY S3 backend and ``mlrelease
+promote`` work on it, and while one runner's promote holds the stack the other's is refused, naming the holder;
+rollback, audit and audit --verify read the bucket, and a model is released from it."""
 
 from __future__ import annotations
 
@@ -8,12 +9,16 @@ import json
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
+from pulumi import automation as auto
 
 from automation.engine import VENV_DIR, select_stack
 from automation.lock import holder
 from automation.s3server import S3Server
+from automation.stores.s3 import Bucket
+from serving.artifacts import read_settings
 from serving.wait import wait_until
 from tests.engine.conftest import Project, mlrelease
 
@@ -62,3 +67,50 @@ def test_two_runners_share_the_bucket_and_a_second_promote_is_refused_naming_the
     assert first.returncode == 0 and json.loads(out)["outcome"] == "promoted", out
     assert holder(b.dir, STACK, s3.backend_url()) is None  # released at the end
     assert seen_by_b.outputs()["verified"].value["live"]["version"] == "v2"  # B reads what A released
+
+
+def test_on_s3_rollback_moves_traffic_before_the_engine_a_model_comes_from_the_bucket_and_audit_reads_it(
+    runners: tuple[Project, Project], s3: S3Server, s3_env: dict[str, str]
+) -> None:
+    """After the two-runner test (v2 live, v1 previous): a rollback whose first traffic move reads the bucket's
+    checkpoint, a promotion of a model directory in the bucket, then ``audit`` and ``audit --verify`` from the
+    bucket, and a tampered object refused at preview with the digest sentence."""
+    a, _ = runners
+    rolled = mlrelease(a, "rollback", "--stack", STACK)
+    assert rolled.code == 0 and rolled.json["restored"]["version"] == "v1", rolled
+    assert "before any engine call" in rolled.stderr, rolled.stderr  # the bucket's checkpoint, not the engine
+
+    good = a.models.models["good"]
+    url = s3.backend_url().replace("mlrelease-state?", "mlrelease-state/models/credit-default/v2/?", 1)
+    bucket = Bucket.from_backend_url(url)
+    for path in sorted(p for p in good.model_dir.rglob("*") if p.is_file()):
+        key = bucket.key(str(path.relative_to(good.model_dir)))
+        bucket.client().put_object(Bucket=bucket.name, Key=key, Body=path.read_bytes())
+    promoted = mlrelease(a, "promote", "--stack", STACK, "--model", url, "--sha256", good.sha256, timeout=900)
+    assert promoted.code == 0 and promoted.json["outcome"] == "promoted", promoted
+
+    audited = mlrelease(a, "audit", "--stack", STACK, "--at", datetime.now(UTC).isoformat())
+    assert audited.code == 0, audited
+    top = audited.json["models"][0]
+    assert (top["version"], top["traffic_percent"], top["sha256"]) == ("v2", 100.0, good.sha256), audited.json
+    assert audited.json["config"]["model"]["path"] == url  # state says where the model came from
+    state = select_stack(STACK, work_dir=a.dir, env=a.env, create=False)
+    verified = state.outputs()["verified"].value
+    [record] = [r for r in state.export_stack().deployment["resources"] if r["urn"].endswith("::release-checkpoint")]
+    sealed = record["outputs"]["history_sealed"]  # the per-update objects written since the record before it
+    assert sealed and all(e["file"].startswith(f"{STACK}-") and len(e["sha256"]) == 64 for e in sealed), sealed
+    chain = mlrelease(a, "audit", "--stack", STACK, "--verify")
+    assert chain.code == 0 and chain.json["intact"] and chain.json["head"] == verified["chain_sha256"], chain
+    assert chain.json["sealed_records"] >= 3, chain
+
+    artifact = bucket.key(read_settings(good.model_dir).parameters.uri.removeprefix("./"))
+    original = bucket.client().get_object(Bucket=bucket.name, Key=artifact)["Body"].read()
+    bucket.client().put_object(Bucket=bucket.name, Key=artifact, Body=original + b"tampered")
+    try:
+        stack = select_stack(STACK, work_dir=a.dir, env=a.env, create=False)
+        with pytest.raises(auto.errors.CommandError) as refused:
+            stack.preview()
+        assert f"artifact {url.split('?')[0].rstrip('/')}/" in str(refused.value), refused.value
+        assert f"but {good.sha256} was expected: the file changed since its digest was recorded" in str(refused.value)
+    finally:
+        bucket.client().put_object(Bucket=bucket.name, Key=artifact, Body=original)
