@@ -107,7 +107,7 @@ def audit(backend_url: str, stack: str, at: datetime, *, project: str = PROJECT_
     """What served on ``stack`` at ``at`` (timezone-aware), from the backend's per-update records."""
     if at.utcoffset() is None:
         raise AuditError(f"audit time {at.isoformat()} has no timezone: give an offset or Z (parse_time adds UTC)")
-    updates = _updates(history_dir(backend_url, project, stack), stack)
+    updates = _around(history_dir(backend_url, project, stack), stack, at.timestamp())
     if not updates:
         raise AuditError(no_history(stack, backend_url))
     t = at.timestamp()
@@ -132,10 +132,10 @@ def audit(backend_url: str, stack: str, at: datetime, *, project: str = PROJECT_
     return _report(stack, at, t, live, [u for u in (live.made_by, pending, last) if u])
 
 
-def list_names(files: StackHistory) -> list[str]:
-    """The history's file names, or AuditError naming a store that did not answer."""
+def list_names(files: StackHistory, start_after: str | None = None) -> list[str]:
+    """The history's file names (after ``start_after``), or AuditError naming a store that did not answer."""
     try:
-        return files.names()
+        return list(files.names(start_after))
     except OSError as exc:
         raise AuditError(f"{exc}: check the backend's endpoint and credentials (AWS_* for s3://)") from None
 
@@ -265,15 +265,43 @@ class _Update:
         )
 
 
-def _updates(files: StackHistory, stack: str) -> list[_Update]:
-    """Every update of ``stack`` in save order, from one listing (``.attrs`` sidecars are skipped)."""
-    prefix, found = f"{stack}-", []
-    for name in list_names(files):
-        if name.startswith(prefix) and name.endswith((".history.json", ".history.json.gz")):
+# How far before T a listing starts, widened until it holds the two state-changing updates the answer needs
+# (None: from the first update). Names sort by their save time, so a bucket lists from there, a page at a time.
+LOOKBACK_S = (86_400.0, 30 * 86_400.0, 365 * 86_400.0, None)
+AFTER_T = 3  # updates saved after T that the answer may need (the one running at T is saved after it)
+
+
+def _around(files: StackHistory, stack: str, t: float) -> list[_Update]:
+    """The updates of ``stack`` that can decide what was live at ``t``, in save order: from the second
+    state-changing update before ``t`` (or the first update) to a few saved after it. What is read does not grow
+    with the history: one listing from a start key near ``t`` and the few records walked back from it."""
+    cut = int(t * 1e9)
+    for lookback in LOOKBACK_S:
+        start = None if lookback is None else f"{stack}-{max(0, cut - int(lookback * 1e9)):019d}"
+        updates = _updates(files, stack, start, stop=cut)
+        state_changing = (u for u in reversed(updates) if u.nanos <= cut and u.kind in STATE_KINDS)
+        if lookback is None or (next(state_changing, None) and next(state_changing, None)):
+            return updates
+    raise AssertionError("unreachable: the last lookback lists from the first update")
+
+
+def _updates(files: StackHistory, stack: str, start_after: str | None = None, stop: int | None = None) -> list:
+    """The updates of ``stack`` in save order, listed from ``start_after`` up to ``AFTER_T`` saved after ``stop``
+    (all of them without it); ``.attrs`` sidecars are skipped."""
+    prefix, found, past = f"{stack}-", [], 0
+    try:
+        for name in files.names(start_after):
+            if not (name.startswith(prefix) and name.endswith((".history.json", ".history.json.gz"))):
+                continue
             stem, _, gz = name.partition(".history.json")
             nanos = stem[len(prefix) :]
             if nanos.isdigit():  # not another stack whose name starts with this one's and a dash
                 found.append((int(nanos), stem, gz))
+                past += stop is not None and int(nanos) > stop
+                if stop is not None and past >= AFTER_T:
+                    break
+    except OSError as exc:
+        raise AuditError(f"{exc}: check the backend's endpoint and credentials (AWS_* for s3://)") from None
     return [_Update(files, *entry) for entry in sorted(found)]
 
 

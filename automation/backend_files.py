@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,9 +58,9 @@ class StackHistory:
     store: BackendStore
     directory: str
 
-    def names(self) -> list[str]:
-        """Every file name of the directory, from one listing (a page per 1,000 names on a bucket)."""
-        return self.store.names(self.directory)
+    def names(self, start_after: str | None = None) -> Iterator[str]:
+        """The directory's file names in name order (after ``start_after``), listed lazily."""
+        return self.store.names(self.directory, start_after)
 
     def read(self, name: str) -> bytes:
         return self.store.read(f"{self.directory}/{name}")

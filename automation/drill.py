@@ -19,7 +19,6 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from automation.errors import CommandFailed
-from automation.lock import holder
 from automation.stack import Say, StackContext
 from automation.watch import Watcher
 from components.targets import factory
@@ -75,7 +74,7 @@ def _preconditions(ctx: StackContext) -> tuple[str, str]:
             f" {live['version']} with {previous['version']} warm: {fix}",
             2,
         )
-    busy = holder(ctx.project_dir, ctx.name, ctx.env["PULUMI_BACKEND_URL"])
+    busy = ctx.holder()
     if busy:
         raise CommandFailed(f"stack {ctx.name} is busy ({busy.get('operation')}, pid {busy.get('pid')}): drill later")
     return live["version"], previous["version"]

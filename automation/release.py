@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 
 from automation.backend_files import PROJECT_NAME, stack_outputs
 from automation.errors import CommandFailed
-from automation.lock import LockBusy, release_lock
+from automation.lock import LockBusy
 from automation.stack import EngineProgress, Say, StackContext
 from components.spec import ModelSpec, SpecError, load_spec
 from components.targets import factory
@@ -134,7 +134,7 @@ def promote(
     if output is not None:
         model["output"] = output.model_dump(mode="json", exclude_none=True)
     try:
-        with release_lock(ctx.project_dir, ctx.name, f"promote {model['version']}", ctx.env["PULUMI_BACKEND_URL"]):
+        with ctx.lock(f"promote {model['version']}"):
             return _promote(ctx, model, say)
     except LockBusy as exc:
         raise CommandFailed(str(exc)) from None
@@ -322,7 +322,7 @@ def rollback(
     """
     fired_at = time.time() if fired_at is None else fired_at
     try:
-        with release_lock(ctx.project_dir, ctx.name, "rollback", ctx.env["PULUMI_BACKEND_URL"]):
+        with ctx.lock("rollback"):
             return _rollback(ctx, reason, say, fired_at, warm, trigger)
     except LockBusy as exc:
         raise CommandFailed(str(exc)) from None

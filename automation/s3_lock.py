@@ -33,28 +33,14 @@ from typing import Any
 
 import botocore.exceptions
 
-from automation.lock import LockBusy
+from automation.lock import DEFAULT_LEASE_S, LockBusy, lease_seconds
 from automation.stores.s3 import STORE_ERRORS, Bucket, error_code, missing
 
 LOCK_PREFIX = ".mlrelease/locks"
-DEFAULT_LEASE_S = 30.0
-LEASE_ENV = "MLRELEASE_LOCK_LEASE_SECONDS"
 
 
 def lock_key(project: str, stack: str) -> str:
     return f"{LOCK_PREFIX}/{project}/{stack.rsplit('/', 1)[-1]}.json"
-
-
-def lease_seconds() -> float:
-    """The lease: ``MLRELEASE_LOCK_LEASE_SECONDS`` or 30 s. A dead holder's lock is taken over after it."""
-    raw = os.environ.get(LEASE_ENV)
-    try:
-        value = float(raw) if raw else DEFAULT_LEASE_S
-    except ValueError:
-        raise ValueError(f"{LEASE_ENV}={raw!r} is not a number of seconds: set it to e.g. 30") from None
-    if not 1.0 <= value <= 3600.0:
-        raise ValueError(f"{LEASE_ENV}={raw} is outside 1..3600 seconds: a lease must outlive a heartbeat")
-    return value
 
 
 def _conflict(exc: botocore.exceptions.ClientError) -> bool:

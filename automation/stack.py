@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -22,6 +23,7 @@ from pulumi import automation as auto
 
 from automation.engine import PROJECT_DIR, EngineMissing, engine_env, select_stack
 from automation.errors import CommandFailed
+from automation.lock import holder, release_lock
 from automation.stack_file import StackFile, StackFileError, same_value
 from components.spec import NAMESPACE
 from components.stack_config import namespaced
@@ -74,6 +76,23 @@ class StackContext:
     def target(self) -> Target:
         """The target the stack's config names (read once per command)."""
         return factory.for_config(self.project_dir, self.name, self.config())
+
+    def _shared_target(self) -> Target | None:
+        """The target, for its own lock; None when the config names none that can be built (the operation
+        then fails on it by itself, with its own message, under the backend's lock)."""
+        try:
+            return self.target
+        except (TargetError, CommandFailed, ValueError):
+            return None
+
+    def lock(self, operation: str) -> AbstractContextManager:
+        """The stack's release lock for ``operation``: the backend's, then the target's own (automation/lock.py)."""
+        backend_url, target = self.env["PULUMI_BACKEND_URL"], self._shared_target()
+        return release_lock(self.project_dir, self.name, operation, backend_url, target)
+
+    def holder(self) -> dict[str, Any] | None:
+        """Who holds the stack's release lock, backend or target, or None."""
+        return holder(self.project_dir, self.name, self.env["PULUMI_BACKEND_URL"], self._shared_target())
 
     # -- config ------------------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from automation.drill import TAG
-from automation.lock import holder
 from automation.stack import StackContext
 from automation.watch import read_state, summary
 from components.targets.base import TargetError
@@ -59,7 +58,7 @@ def status(ctx: StackContext) -> StatusReport:
         verified={k: verified.get(k) for k in _VERIFIED} if verified else None,
         rollback_to=((verified or {}).get("previous") or {}).get("version") if not marker else None,
         restored_from=marker.get("from_version"),
-        operation=holder(ctx.project_dir, ctx.name, ctx.env["PULUMI_BACKEND_URL"]),
+        operation=ctx.holder(),
         watcher=summary(watch) if watch else None,
         last_drill=ctx.stack.list_tags().get(TAG),
     )

@@ -28,7 +28,6 @@ from pydantic import BaseModel
 
 from automation import live_drift
 from automation.errors import CommandFailed
-from automation.lock import holder
 from automation.release import RollbackReport, restore_finished, rollback
 from automation.stack import Say, StackContext
 from components.spec import ReleaseSpec, SpecError, load_spec
@@ -259,7 +258,7 @@ class Watcher:
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 tick = time.monotonic()
-                busy = holder(self.ctx.project_dir, self.ctx.name, self.ctx.env["PULUMI_BACKEND_URL"])
+                busy = self.ctx.holder()
                 if busy:
                     if paused_by is None:
                         self.say(f"paused: {busy.get('operation')} (pid {busy.get('pid')}) holds the stack")

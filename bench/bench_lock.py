@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from automation.lock import LockBusy, ReleaseLock
-from automation.s3_lock import LEASE_ENV, S3Lease
+from automation.lock import LEASE_ENV, LockBusy, ReleaseLock
+from automation.s3_lock import S3Lease
 from automation.s3server import start_s3_server, stop_s3_server
 
 HOLD = """

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
 # Fields of a checkpoint record the chain covers: the release as recorded, its stamp and its own chain links.
@@ -70,7 +70,7 @@ def record_digest(record: Mapping[str, Any]) -> str:
 class UpdateFiles(Protocol):
     """A stack's per-update files where its backend keeps them (a directory, a bucket prefix)."""
 
-    def names(self) -> list[str]: ...
+    def names(self) -> Iterable[str]: ...
 
     def read(self, name: str) -> bytes: ...
 

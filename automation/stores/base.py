@@ -7,6 +7,7 @@ audit chain's seal), and Pulumi's DIY backends keep them at the same keys on eve
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Protocol
 
 
@@ -20,8 +21,9 @@ class BackendStore(Protocol):
 
     url: str  # the backend URL, for messages
 
-    def names(self, directory: str) -> list[str]:
-        """The names of the objects directly under ``directory`` (empty when there is none); one listing."""
+    def names(self, directory: str, start_after: str | None = None) -> Iterator[str]:
+        """The names of the objects directly under ``directory`` in name order, after ``start_after`` when given
+        (none when the directory does not exist). Lazy: a bucket is listed a page at a time, as far as read."""
         ...
 
     def read(self, key: str) -> bytes:

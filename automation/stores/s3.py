@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -15,6 +16,7 @@ import botocore.exceptions
 
 from automation.stores.base import StoreError
 
+PAGE = 250  # keys per LIST request: audit reads a few pages around T, verify all of them
 STORE_ERRORS = (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)
 
 
@@ -76,14 +78,18 @@ class S3Store:
     def __init__(self, url: str) -> None:
         self.url, self.bucket = url, Bucket.from_backend_url(url)
 
-    def names(self, directory: str) -> list[str]:
-        prefix = directory.rstrip("/") + "/"
+    def names(self, directory: str, start_after: str | None = None) -> Iterator[str]:
+        prefix = self.bucket.key(directory.rstrip("/") + "/")
+        query: dict[str, Any] = {"Bucket": self.bucket.name, "Prefix": prefix, "PaginationConfig": {"PageSize": PAGE}}
+        if start_after is not None:
+            query["StartAfter"] = prefix + start_after
         try:
-            entries = self.bucket.list(prefix)
+            for page in self.bucket.client().get_paginator("list_objects_v2").paginate(**query):
+                for entry in page.get("Contents", []):
+                    if "/" not in entry["Key"][len(prefix) :]:
+                        yield entry["Key"][len(prefix) :]
         except STORE_ERRORS as exc:
-            raise StoreError(f"cannot list {self.where(prefix)}: {exc}") from None
-        start = len(self.bucket.key(prefix))
-        return [e["Key"][start:] for e in entries if "/" not in e["Key"][start:]]
+            raise StoreError(f"cannot list s3://{self.bucket.name}/{prefix}: {exc}") from None
 
     def read(self, key: str) -> bytes:
         try:

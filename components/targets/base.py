@@ -10,8 +10,9 @@ read silence as health.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -196,4 +197,13 @@ class Target(Protocol):
 
     def set_fault(self, version: str, fault: Fault | None) -> None:
         """Inject ``fault`` on ``version``, or clear it with None."""
+        ...
+
+    def release_lock(self, stack: str, operation: str) -> AbstractContextManager | None:
+        """The target's own lock on ``stack`` for a release operation (LockBusy naming the holder), or None
+        when the backend's lock is the only one (a target no other runner reaches)."""
+        ...
+
+    def lock_holder(self, stack: str) -> dict[str, Any] | None:
+        """Who holds the target's own lock on ``stack`` (``{"pid", "host", "operation", "since"}``), or None."""
         ...

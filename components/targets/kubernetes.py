@@ -43,6 +43,8 @@ from components.targets.base import (
     VersionStats,
 )
 from components.targets.kube_api import KubeAPI
+from components.targets.kube_lease import KubeLease
+from components.targets.kube_lease import holder as lease_holder
 from components.targets.stats import version_stats
 from serving import supervisor
 from serving.artifacts import ArtifactDigestError, ModelDirError, read_settings, verify_artifact
@@ -485,6 +487,15 @@ class KubernetesTarget:
         if fault is not None and fault != Fault():
             faults[version] = RouterFault(**fault.model_dump())
         self._write_split(split.model_copy(update={"faults": faults}), read)
+
+    # -- lock ---------------------------------------------------------------------------------------
+
+    def release_lock(self, stack: str, operation: str) -> KubeLease:
+        """A ``coordination.k8s.io`` Lease in the namespace: every runner that releases here sees it."""
+        return KubeLease(self.api, self.namespace, stack, operation)
+
+    def lock_holder(self, stack: str) -> dict[str, Any] | None:
+        return lease_holder(self.api, self.namespace, stack)
 
     # -- runner-side processes -------------------------------------------------------------------------
 

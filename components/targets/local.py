@@ -455,6 +455,15 @@ class LocalTarget:
         except RouterError as exc:
             raise TargetError(f"fault on {version}: {exc.message}") from None
 
+    # -- lock ---------------------------------------------------------------------------------------
+
+    def release_lock(self, stack: str, operation: str) -> None:
+        """None: only this machine reaches these processes, so the backend's lock is enough."""
+        return None
+
+    def lock_holder(self, stack: str) -> None:
+        return None
+
     # -- telemetry ---------------------------------------------------------------------------------
 
     def telemetry(self, version: str, start: float, end: float | None = None) -> VersionStats:

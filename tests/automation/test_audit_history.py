@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import automation.audit
+import automation.backend_files
 from automation.audit import AuditError, LiveModel, audit, history_dir, parse_time
 from bench.bench_audit import DATA, SyntheticStack, sha
 
@@ -386,3 +387,31 @@ def test_naive_time_is_refused(stack: SyntheticStack) -> None:
     with pytest.raises(AuditError, match="no timezone"):
         audit(stack.url, "staging", datetime(2026, 11, 26, 14, 30))
     assert audit(stack.url, "staging", at(T0 - 1).astimezone(timezone(timedelta(hours=-5)))).at == at(T0 - 1)
+
+
+def test_the_listing_starts_near_t_and_stops_a_few_updates_after_it(
+    stack: SyntheticStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What audit lists does not grow with the history: from a key a day before T to three updates after it."""
+    played = [stack.release("v1", T0)]
+    for n in range(2, 60):
+        played.append(stack.release(f"v{n}", played[-1].end + 6 * 3600))  # four releases a day
+    listed: list[tuple[str | None, int]] = []
+    real = automation.backend_files.StackHistory.names
+
+    def counted(self, start_after=None):
+        seen = [0]
+        listed.append((start_after, seen))
+        for name in real(self, start_after):
+            seen[0] += 1
+            yield name
+
+    monkeypatch.setattr(automation.backend_files.StackHistory, "names", counted)
+    middle = played[30]
+    assert split(audit(stack.url, "staging", at(middle.steps[1][0] + 1))) == {"v30": 50, "v31": 50}
+    [(start, seen)] = listed
+    assert start is not None and start.startswith("staging-") and seen[0] <= 4 * 8, (start, seen)  # of 240 files
+    listed.clear()
+    # Before the first release nothing is behind T: the listing widens to the whole history.
+    assert audit(stack.url, "staging", at(T0 - 60)).state == "before_first_release"
+    assert listed[-1][0] is None

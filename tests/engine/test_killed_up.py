@@ -25,8 +25,7 @@ import pytest
 from pulumi import automation as auto
 
 from automation.engine import VENV_DIR
-from automation.lock import holder
-from automation.s3_lock import LEASE_ENV
+from automation.lock import LEASE_ENV, holder
 from serving.wait import wait_until
 from tests.engine.conftest import FAST_CANARY, Project, kill_engine_leftovers, mlrelease, release_resources
 
@@ -41,15 +40,18 @@ CANARY = {**FAST_CANARY, "lease_seconds": LEASE_S, "min_pairs": 600, "max_pairs"
 def project(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, sample) -> Iterator[Project]:
     """A copy of the program on a ``file://`` backend of its own, or on a prefix of its own in the bucket."""
     backend = None
-    if request.param == "s3":
-        s3 = request.getfixturevalue("s3")
-        url = s3.backend_url().replace("?", f"/killed-{uuid.uuid4().hex[:8]}?", 1)
-        backend = {**s3.env(), "PULUMI_BACKEND_URL": url, LEASE_ENV: "5"}
-    proj = Project(tmp_path_factory.mktemp(f"killed-{request.param}"), sample, backend)
-    try:
-        yield proj
-    finally:
-        proj.teardown()
+    with pytest.MonkeyPatch.context() as patch:
+        if request.param == "s3":
+            s3 = request.getfixturevalue("s3")
+            url = s3.backend_url().replace("?", f"/killed-{uuid.uuid4().hex[:8]}?", 1)
+            backend = {**s3.env(), "PULUMI_BACKEND_URL": url, LEASE_ENV: "5"}
+            for name, value in s3.env().items():  # this process reads the lock too
+                patch.setenv(name, value)
+        proj = Project(tmp_path_factory.mktemp(f"killed-{request.param}"), sample, backend)
+        try:
+            yield proj
+        finally:
+            proj.teardown()
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from automation.lock import LockBusy, ReleaseLock, holder, release_lock
-from automation.s3_lock import LEASE_ENV, S3Lease
+from automation.lock import LEASE_ENV, LockBusy, ReleaseLock, holder, release_lock
+from automation.s3_lock import S3Lease
 from automation.s3server import S3Server
 from automation.stores.s3 import Bucket
 from serving.wait import wait_until
