@@ -1,4 +1,4 @@
-"""``python -m cluster up|down|status [--json]``: the command behind scripts/cluster.sh."""
+"""``python -m cluster up|down|status [--json]|expose PORT``: the command behind scripts/cluster.sh."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import json
 import sys
 import time
 
-from cluster import lifecycle
+from cluster import control_plane, lifecycle
 from cluster.layout import Layout
 from cluster.netns import ClusterError
 
-USAGE = "usage: scripts/cluster.sh up|down|status [--json]"
+USAGE = "usage: scripts/cluster.sh up|down|status [--json]|expose PORT"
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("up", "down", "status"):
+    if not argv or argv[0] not in ("up", "down", "status", "expose"):
         print(USAGE, file=sys.stderr)
         return 2
     layout = Layout.default()
@@ -26,6 +26,13 @@ def main(argv: list[str]) -> int:
                 f"cluster: up in {time.monotonic() - started:.1f} s, mode {state.mode}, "
                 f"API https://127.0.0.1:{state.port}, kubeconfig {layout.kubeconfig}"
             )
+        elif argv[0] == "expose":
+            if len(argv) != 2 or not argv[1].isdigit():
+                print("usage: scripts/cluster.sh expose PORT (a port on the host's 127.0.0.1)", file=sys.stderr)
+                return 2
+            if not lifecycle.status(layout)["up"]:
+                raise ClusterError("the cluster is not up: run 'make cluster' (scripts/cluster.sh up) first")
+            print(control_plane.expose(layout, int(argv[1])))
         elif argv[0] == "down":
             restored = lifecycle.down(layout)
             print("cluster: down" + (f"; restored sysctls {', '.join(restored)}" if restored else ""))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cluster import api, kubeconfig, pki, processes
 from cluster.layout import API_PORT, NODE_IP, SERVICE_CIDR, Layout, binary
+from cluster.netns import ClusterError
 from serving.wait import wait_until
 
 READY_TIMEOUT = 90.0
@@ -77,7 +78,7 @@ def start_forwarder(layout: Layout) -> int:
     processes.start(
         layout,
         "forwarder",
-        [sys.executable, "-m", "cluster.forward", layout.netns, str(port_file), str(API_PORT)],
+        [sys.executable, "-m", "cluster.forward", "in", layout.netns, str(port_file), str(API_PORT)],
         in_netns=False,
         env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
@@ -88,6 +89,32 @@ def start_forwarder(layout: Layout) -> int:
         return int(text) if text else None
 
     return wait_until(port, 15.0, "the API forwarder to listen")
+
+
+def expose(layout: Layout, host_port: int) -> str:
+    """Make the host's ``127.0.0.1:host_port`` reachable from the pods; return the URL they use.
+
+    For a service the pods need that runs on the host, the local object store above all: a Kubernetes
+    target's pods fetch ``s3://`` model directories themselves. Idempotent: a second call returns the same URL.
+    """
+    if not 0 < host_port < 65536:
+        raise ClusterError(f"cannot expose port {host_port}: give the host's 127.0.0.1 port, 1-65535")
+    name = f"expose-{host_port}"
+    port_file = layout.run / f"{name}.port"
+    processes.start(
+        layout,
+        name,
+        [sys.executable, "-m", "cluster.forward", "out", layout.netns, str(port_file), str(host_port)],
+        in_netns=False,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+
+    def port() -> int | None:
+        processes.check_running(layout, name)
+        text = port_file.read_text().strip() if port_file.exists() else ""
+        return int(text) if text else None
+
+    return f"http://{NODE_IP}:{wait_until(port, 15.0, f'the forwarder of host port {host_port} to listen')}"
 
 
 def start_controllers(layout: Layout) -> None:

@@ -7,11 +7,12 @@
   constraints.txt (so a pod serves what the local target serves). Built once, cached as
   ``rootfs-<tag>.tar``.
 - ``mlserver``: that layer alone, starting ``mlserver start /models``.
-- ``mlrelease``: that layer plus one small layer with the project's ``serving`` package at
-  ``/opt/mlrelease/serving``. One image serves both roles of the Kubernetes target, the router pods and the
-  model-server pods: they share the pinned stack and the ``serving`` package (the model server's entry point,
-  ``python -m serving.modelserver``, is in it), so there is one image to import and one to pull; the pod sets
-  the command. A code change rebuilds only the code layer, in about two seconds.
+- ``mlrelease``: that layer plus one small layer with the project's ``serving`` package and its
+  ``automation.stores`` package at ``/opt/mlrelease``. One image serves every role of the Kubernetes target,
+  the router pods, the model-server pods and their init step that fetches an ``s3://`` model directory: they
+  share the pinned stack and the code (``python -m serving.modelserver``, ``python -m
+  automation.stores.pod_fetch``), so there is one image to import and one to pull; the pod sets the command. A
+  code change rebuilds only the code layer, in about two seconds.
 
 Each image is a docker-archive tarball (``manifest.json``, a config, its layers) that ``ctr images import``
 loads into containerd's ``k8s.io`` namespace; both images carry the same rootfs layer bytes, so containerd
@@ -48,9 +49,13 @@ SERVING_PACKAGES = (
     "aiohttp", "httpx", "orjson", "uvloop", "prometheus-client", "pyarrow", "pydantic", "numpy", "pandas", "psutil",
     "joblib",
 )  # fmt: skip
+# What the model pods' init step imports to fetch an ``s3://`` model directory (automation/stores).
+FETCH_PACKAGES = ("boto3", "botocore")
 MLSERVER_NODEPS = ROOT / "requirements-nodeps.txt"
-SERVING_DIR = ROOT / "serving"
-CODE_ROOT = "opt/mlrelease"  # the code layer's ``serving`` package lands in /opt/mlrelease/serving
+# The code layer: the ``serving`` package, and the object-store code the init step runs (no other module of
+# ``automation``: those need the engine). Paths relative to the repository, which is /opt/mlrelease in the image.
+CODE_PATTERNS = ("serving/**/*.py", "automation/__init__.py", "automation/stores/*.py")
+CODE_ROOT = "opt/mlrelease"
 IMAGE_RECIPE_VERSION = "2"  # bump when the way an image is built changes
 
 
@@ -138,7 +143,7 @@ def coredns_image() -> Image:
 
 def _mlserver_requirements() -> tuple[list[str], list[str]]:
     """Pins for the base rootfs, read from constraints.txt and requirements-nodeps.txt."""
-    wanted = {p.replace("-", "_").lower() for p in MLSERVER_PACKAGES + SERVING_PACKAGES}
+    wanted = {p.replace("-", "_").lower() for p in MLSERVER_PACKAGES + SERVING_PACKAGES + FETCH_PACKAGES}
     pins = []
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         m = re.match(r"^([A-Za-z0-9_.-]+)==\S+", line.strip())
@@ -238,15 +243,17 @@ def mlserver_image() -> Image:
 
 
 def _code_layer() -> bytes:
-    """The ``serving`` package as a layer at /opt/mlrelease/serving, byte for byte the same for the same code.
+    """The ``CODE_PATTERNS`` sources as a layer at /opt/mlrelease, byte for byte the same for the same code.
 
     Sorted names, mtime 0, owner 0:0, modes 0644/0755: nothing of the checkout but the sources' content and
     names reaches the bytes, so the tag changes exactly when the code does.
     """
-    files = sorted(p for p in SERVING_DIR.rglob("*.py") if "__pycache__" not in p.relative_to(SERVING_DIR).parts)
+    files = sorted(
+        {p for pattern in CODE_PATTERNS for p in ROOT.glob(pattern) if "__pycache__" not in p.relative_to(ROOT).parts}
+    )
     entries: dict[str, Path | None] = {}
     for path in files:
-        name = PurePosixPath(CODE_ROOT, "serving", path.relative_to(SERVING_DIR).as_posix())
+        name = PurePosixPath(CODE_ROOT, path.relative_to(ROOT).as_posix())
         entries[str(name)] = path
         for parent in name.parents:
             if parent.is_relative_to(CODE_ROOT):

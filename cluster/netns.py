@@ -68,15 +68,20 @@ def pids_inside(layout: Layout) -> list[int]:
 def enter(layout: Layout) -> None:
     """Move the calling process into the namespace (sockets created afterwards live there).
 
-    Used by the forwarder after it has bound its listening socket on the host's loopback. Python 3.11 has no
-    ``os.setns``, so this calls libc's.
+    Used by the forwarders once they have bound their listening socket on one side.
     """
     fd = os.open(layout.netns_path, os.O_RDONLY)
     try:
-        if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
-            raise ClusterError(f"setns into {layout.netns_path} failed: {os.strerror(ctypes.get_errno())}")
+        setns(fd, str(layout.netns_path))
     finally:
         os.close(fd)
+
+
+def setns(fd: int, what: str) -> None:
+    """Move the calling process into the network namespace open at ``fd`` (Python 3.11 has no ``os.setns``, so
+    this calls libc's)."""
+    if ctypes.CDLL(None, use_errno=True).setns(fd, CLONE_NEWNET) != 0:
+        raise ClusterError(f"setns into {what} failed: {os.strerror(ctypes.get_errno())}")
 
 
 def _sysctl_path(name: str) -> Path:

@@ -39,15 +39,22 @@ TYPE_TOKEN = "mlrelease:index:ModelDeployment"
 
 
 def model_ref(spec: ReleaseSpec, project_dir: Path) -> dict[str, Any]:
-    """The candidate as the gates and the target address it, with where its answers hold the score."""
+    """The candidate as the gates and the target address it, with where its answers hold the score.
+
+    A model directory in object storage also names its ``source``: the runner serves and gates its checked local
+    copy, while a Kubernetes target's pods fetch from the source themselves (the runner's disk is not theirs).
+    """
     model = spec.model
-    return {
+    ref = {
         "name": model.name,
         "version": model.version,
         "model_dir": str(model.model_dir(project_dir)),
         "sha256": model.sha256,
         "output": model.output.model_dump(mode="json"),
     }
+    if model.path.startswith("s3://"):
+        ref["source"] = model.path
+    return ref
 
 
 def feature_names(spec: ReleaseSpec, project_dir: Path) -> list[str] | None:

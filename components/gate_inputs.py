@@ -54,6 +54,7 @@ class ModelRef(_Strict):
     model_dir: Path
     sha256: str = Field(pattern=SHA256)
     output: OutputSpec = OutputSpec()
+    source: str | None = Field(default=None, description="the s3:// URL model_dir was fetched from, if any")
 
 
 class DriftFiles(_Strict):

@@ -114,8 +114,10 @@ def cache_key(inputs: GateInputs, prepared: PreparedInputs) -> str:
     material = {
         "code": GATE_CODE_VERSION,
         "environment": inputs.environment,
-        "candidate": prepared.candidate.model_dump(mode="json", exclude={"model_dir"}),
-        "incumbent": prepared.incumbent.model_dump(mode="json", exclude={"model_dir"}) if prepared.incumbent else None,
+        "candidate": prepared.candidate.model_dump(mode="json", exclude={"model_dir", "source"}),
+        "incumbent": prepared.incumbent.model_dump(mode="json", exclude={"model_dir", "source"})
+        if prepared.incumbent
+        else None,
         "holdout_sha256": data.holdout_sha256,
         "label": data.label,
         "schema_sha256": data.schema_sha256,

@@ -309,6 +309,18 @@ class KubernetesSpec(_Strict):
     prometheus_url: str | None = Field(
         default=None, description="the firm's Prometheus that scrapes the routers; default: one on this runner"
     )
+    artifact_endpoint: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#\s]+/?$",
+        description="the object store's URL as the pods reach it, for s3:// model directories (default: the"
+        " endpoint in mlrelease:model.path, or the pods' AWS_ENDPOINT_URL_S3)",
+    )
+    artifact_secret: str | None = Field(
+        default=None,
+        pattern=DNS_LABEL,
+        description="a Secret in the namespace whose keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...) the pods'"
+        " fetch step signs with; default: the pods' own identity (IRSA, a node role)",
+    )
 
     def kubeconfig_path(self, project_dir: Path) -> Path:
         return resolve(self.kubeconfig, project_dir)

@@ -320,9 +320,15 @@ class KubernetesTarget:
         try:
             wait_until(lambda: self._version_ready(name, served_name), READY_TIMEOUT_S, f"{name} ready", interval=0.5)
         except TimeoutError:
+            failed = self._fetch_failure(name)
             raise TargetError(
-                f"model server {self.namespace}/{name} is not ready after {READY_TIMEOUT_S:.0f}s: see"
-                f" kubectl -n {self.namespace} logs deploy/{name} (a digest mismatch stops it before serving)"
+                f"model server {self.namespace}/{name} is not ready after {READY_TIMEOUT_S:.0f}s: "
+                + (
+                    f"its fetch step failed: {failed}"
+                    if failed
+                    else f"see kubectl -n {self.namespace} logs deploy/{name} (a digest mismatch stops it before"
+                    " serving)"
+                )
             ) from None
         split, read = self._read_split()
         if version not in {u.version for u in split.upstreams}:
@@ -348,6 +354,20 @@ class KubernetesTarget:
         state = self.deployment(version)
         assert state is not None
         return state
+
+    def _fetch_failure(self, name: str) -> str | None:
+        """The termination message of a pod's failed ``fetch`` init step (an s3:// model directory), if any."""
+        try:
+            pods = self.api.get(self._ns("pods"), params={"labelSelector": f"app.kubernetes.io/instance={name}"}) or {}
+        except TargetError:
+            return None
+        for pod in pods.get("items", []):
+            for status in pod.get("status", {}).get("initContainerStatuses", []):
+                for state in (status.get("state", {}), status.get("lastState", {})):
+                    ended = state.get("terminated") or {}
+                    if ended.get("exitCode"):
+                        return (ended.get("message") or f"exit {ended['exitCode']}").strip().splitlines()[-1]
+        return None
 
     def _version_ready(self, name: str, served_name: str) -> bool:
         path = self._ns(f"services/{name}:{MODEL_PORT}/proxy/v2/models/{served_name}/ready")

@@ -11,7 +11,9 @@ Runtime (once per stack), in the namespace of ``mlrelease:kubernetes``:
 Per served version (the candidate, and the previous verified version while it stays warm):
 
     <model>-<version>            Deployment running ``serving.modelserver`` (the artifact digest is checked in
-                                 the pod before MLServer serves it) and its Service
+                                 the pod before MLServer serves it) and its Service. A model directory in
+                                 object storage is fetched by the pod's own init step, ``fetch``, which checks
+                                 the digest too; otherwise the node's copy is mounted (``model_host_path``).
 
 The split's *content* is the one thing not declared here: a canary step writes it (one update of the object,
 confirmed on every replica) and a failing step reverts it within the same ``pulumi up``, which a declared
@@ -25,6 +27,7 @@ import os
 import secrets
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -45,6 +48,42 @@ DATA_DIR = "/var/lib/mlrelease"
 # timeout is 1 s) is not a failure, and three misses in a row take a pod out of its Service, not one: a busy node
 # must not flap a serving version out of its endpoints.
 READINESS = {"periodSeconds": 1, "timeoutSeconds": 5, "failureThreshold": 3}
+
+
+# Where a pod's fetch step puts an s3:// model directory: an emptyDir shared with the model server.
+FETCHED_ROOT = "/models"
+FETCHED_DIR = f"{FETCHED_ROOT}/model"
+
+
+def pod_source_url(source: str, endpoint: str | None) -> str:
+    """The s3:// URL as the pods reach the store: ``artifact_endpoint`` replaces the runner's ``?endpoint=``."""
+    if not endpoint:
+        return source
+    parts = urlsplit(source)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "endpoint"] + [("endpoint", endpoint.rstrip("/"))]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def fetch_container(source: str, sha256: str, kube: KubernetesSpec) -> dict[str, Any]:
+    """The init container that fetches ``source`` into the pod and refuses it unless its artifact is ``sha256``.
+
+    Its one-line error becomes the container's termination message, so ``kubectl describe pod`` shows it.
+    """
+    container: dict[str, Any] = {
+        "name": "fetch",
+        "image": kube.image,
+        "imagePullPolicy": kube.image_pull_policy,
+        "command": [
+            "python", "-m", "automation.stores.pod_fetch", pod_source_url(source, kube.artifact_endpoint), sha256,
+            FETCHED_DIR,
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "resources": _resources(kube.model_resources),
+        "volumeMounts": [{"name": "model", "mountPath": FETCHED_ROOT}],
+    }  # fmt: skip
+    if kube.artifact_secret:
+        container["envFrom"] = [{"secretRef": {"name": kube.artifact_secret}}]
+    return container
 
 
 def admin_token(run_dir: Path) -> str:
@@ -235,16 +274,19 @@ class KubernetesObjects:
             served = read_settings(Path(model_dir)).name
         except (ModelDirError, OSError, ValueError):  # the gates stop this release with the reason
             served = self.model
-        meta = self._meta(
-            name,
-            "model",
-            annotations={
-                "mlrelease.dev/version": version,
-                "mlrelease.dev/sha256": model["sha256"],
-                "mlrelease.dev/model-dir": model_dir,
-                "mlrelease.dev/model-name": served,
-            },
-        )
+        source = model.get("source")
+        annotations = {
+            "mlrelease.dev/version": version,
+            "mlrelease.dev/sha256": model["sha256"],
+            "mlrelease.dev/model-dir": model_dir,
+            "mlrelease.dev/model-name": served,
+        }
+        if source:
+            annotations["mlrelease.dev/model-source"] = source.split("?", 1)[0]
+            # The release waits for this version itself (KubernetesTarget.deploy) and names a failed fetch step's
+            # error; pulumi-kubernetes' own wait would only time out, after ten minutes, on a pod stuck in Init.
+            annotations["pulumi.com/skipAwait"] = "true"
+        meta = self._meta(name, "model", annotations=annotations)
         labels = {"app.kubernetes.io/instance": name, ROUTER_LABEL: "model"}
         env = {
             "MLSERVER_HOST": "0.0.0.0",
@@ -256,10 +298,16 @@ class KubernetesObjects:
             "MLSERVER_PARALLEL_WORKERS": "0",
             "OMP_NUM_THREADS": "1",
         }
-        volumes, mounts = [], []
-        if kube.model_host_path:
+        volumes, mounts, init, served_dir = [], [], [], model_dir
+        if source:  # the pod fetches it: the runner's copy is on the runner's disk, not the node's
+            volumes.append({"name": "model", "emptyDir": {}})
+            mounts.append({"name": "model", "mountPath": FETCHED_ROOT, "readOnly": True})
+            init.append(fetch_container(source, model["sha256"], kube))
+            served_dir = FETCHED_DIR
+        elif kube.model_host_path:
             volumes.append({"name": "model", "hostPath": {"path": model_dir, "type": "Directory"}})
             mounts.append({"name": "model", "mountPath": model_dir, "readOnly": True})
+        pod: dict[str, Any] = {"initContainers": init} if init else {}
         deployment = k8s.apps.v1.Deployment(
             f"{self.name}-model-{name}",
             metadata=meta,
@@ -270,6 +318,7 @@ class KubernetesObjects:
                     "metadata": {"labels": {**meta["labels"], **labels}},
                     "spec": {
                         "terminationGracePeriodSeconds": 10,
+                        **pod,
                         "containers": [
                             {
                                 "name": "model",
@@ -279,7 +328,7 @@ class KubernetesObjects:
                                     "python",
                                     "-m",
                                     "serving.modelserver",
-                                    model_dir,
+                                    served_dir,
                                     "--sha256",
                                     model["sha256"],
                                 ],

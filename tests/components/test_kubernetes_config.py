@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.spec import SpecError, load_spec
+from automation.stores.s3 import Bucket
+from components.spec import KubernetesSpec, SpecError, load_spec
 from components.targets import factory
 from components.targets.kube_api import KubeAPI, KubeConfigError
 from components.targets.kubernetes import KubernetesTarget, dns_name, version_name
+from components.targets.kubernetes_objects import FETCHED_DIR, fetch_container
 from components.targets.local import LocalTarget
 from serving.routing import Split, UpstreamSpec
 
@@ -47,6 +49,11 @@ def test_the_factory_picks_the_target_the_config_names(tmp_path: Path) -> None:
             {"target": "kubernetes", "kubernetes": {**KUBE, "model_resources": {"cpu": "1", "cpu_limit": "500m"}}},
             "kubernetes.model_resources.cpu_limit",
         ),
+        (
+            {"target": "kubernetes", "kubernetes": {**KUBE, "artifact_endpoint": "172.31.254.1:8333"}},
+            "kubernetes.artifact_endpoint",
+        ),
+        ({"target": "kubernetes", "kubernetes": {**KUBE, "artifact_secret": "AWS_Keys"}}, "kubernetes.artifact_secret"),
         ({"target": "aws"}, "mlrelease:target"),
     ],
 )
@@ -116,3 +123,18 @@ def test_the_split_accepts_cluster_services_only_and_must_be_consistent() -> Non
         Split(upstreams=[up], weights={"v1": 50}, incumbent="v1")
     with pytest.raises(ValueError, match="faults for unknown versions"):
         Split(upstreams=[up], weights={"v1": 100}, incumbent="v1", faults={"v9": {"error_rate": 1}})
+
+
+def test_the_pods_fetch_step_reaches_the_store_at_the_pods_endpoint_and_signs_with_the_secret() -> None:
+    source = "s3://models/credit/v2/?endpoint=http://127.0.0.1:8333&use_path_style=true&region=us-east-1"
+    kube = KubernetesSpec(**KUBE, artifact_endpoint="http://172.31.254.1:41235/", artifact_secret="artifacts")
+    step = fetch_container(source, "c" * 64, kube)
+    _python, _m, module, url, sha256, into = step["command"]
+    assert (module, sha256, into) == ("automation.stores.pod_fetch", "c" * 64, FETCHED_DIR)
+    bucket = Bucket.from_backend_url(url)
+    assert (bucket.name, bucket.prefix, bucket.endpoint) == ("models", "credit/v2", "http://172.31.254.1:41235")
+    assert bucket.path_style and bucket.region == "us-east-1"
+    assert step["envFrom"] == [{"secretRef": {"name": "artifacts"}}]
+    assert step["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    unset = fetch_container(source, "c" * 64, KubernetesSpec(**KUBE))
+    assert unset["command"][3] == source and "envFrom" not in unset  # the path's own endpoint, the pods' identity

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from automation.s3server import S3Server
+from automation.stores import pod_fetch
 from automation.stores.artifacts import fetch_model_dir
 from automation.stores.s3 import Bucket
 from components.spec import ModelSpec
@@ -80,3 +81,22 @@ def test_an_empty_prefix_an_unreachable_store_and_another_scheme_are_one_line(
         ModelSpec(name="m", version="v1", path="gs://bucket/model/", sha256=SHA)
     with pytest.raises(ValueError, match="neither a local directory nor s3://BUCKET/PREFIX/"):
         ModelSpec(name="m", version="v1", path="s3://bucket-only", sha256=SHA)
+
+
+def test_the_pods_fetch_step_moves_a_checked_copy_into_place_and_exits_2_on_a_tampered_object(
+    remote: tuple[str, Bucket], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, bucket = remote
+    into = tmp_path / "models" / "model"
+    assert pod_fetch.main([url, SHA, str(into)]) == 0
+    assert (into / "model.joblib").read_bytes() == ARTIFACT
+    fetch_model_dir.cache_clear()
+    assert pod_fetch.main([url, SHA, str(into)]) == 0 and (into / "model.joblib").read_bytes() == ARTIFACT  # a rerun
+    bucket.client().put_object(Bucket=bucket.name, Key=bucket.key("model.joblib"), Body=ARTIFACT + b"!")
+    fetch_model_dir.cache_clear()
+    capsys.readouterr()
+    assert pod_fetch.main([url, SHA, str(tmp_path / "other" / "model")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("mlrelease: error: artifact s3://") and error.count("\n") == 1, error
+    assert not (tmp_path / "other" / "model").exists()
+    assert pod_fetch.main([url]) == 2 and "usage:" in capsys.readouterr().err
