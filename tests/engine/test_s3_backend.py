@@ -1,7 +1,10 @@
 """Two runners, one ``s3://`` backend on the real object store: separate working copies of the program, one
 bucket holding the state, the release lock and a model directory. The engine's DIY S3 backend and ``mlrelease
 promote`` work on it, and while one runner's promote holds the stack the other's is refused, naming the holder;
-rollback, audit and audit --verify read the bucket, and a model is released from it."""
+rollback, audit and audit --verify read the bucket, and a model is released from it. Then ``watch``, ``drill``
+and ``status``, whose file:// twins are in tests/engine/test_cli_drill.py: while another runner's lease in the
+bucket is held, the watcher pauses and a rollback exits 1 naming that runner; once it is released, a drill breaks
+v2 and the watcher rolls back to v1 by itself, and ``status`` and ``audit`` answer from the bucket."""
 
 from __future__ import annotations
 
@@ -15,14 +18,17 @@ import pytest
 from pulumi import automation as auto
 
 from automation.engine import VENV_DIR, select_stack
-from automation.lock import holder
+from automation.lock import holder, release_lock
 from automation.s3server import S3Server
 from automation.stores.s3 import Bucket
+from components.spec import load_spec
 from serving.artifacts import read_settings
 from serving.wait import wait_until
 from tests.engine.conftest import Project, mlrelease
 
 STACK = "shared"
+WATCH = {"missing_seconds": 6}  # silence is a breach within the watcher's 12 s below
+BUDGET = 120
 pytestmark = pytest.mark.engine
 
 
@@ -42,7 +48,7 @@ def test_two_runners_share_the_bucket_and_a_second_promote_is_refused_naming_the
     runners: tuple[Project, Project], s3: S3Server, s3_env: dict[str, str]
 ) -> None:
     a, b = runners
-    stack = a.released(STACK)
+    stack = a.released(STACK, watch=WATCH)
     assert stack.outputs()["verified"].value["live"]["version"] == "v1"
     keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="mlrelease-state", Prefix=".pulumi/")["Contents"]]
     assert any(k.startswith(f".pulumi/stacks/mlrelease/{STACK}") for k in keys), keys
@@ -114,3 +120,48 @@ def test_on_s3_rollback_moves_traffic_before_the_engine_a_model_comes_from_the_b
         assert f"but {good.sha256} was expected: the file changed since its digest was recorded" in str(refused.value)
     finally:
         bucket.client().put_object(Bucket=bucket.name, Key=artifact, Body=original)
+
+
+def test_on_s3_the_bucket_lease_pauses_the_watcher_and_refuses_a_rollback_naming_the_holder(
+    runners: tuple[Project, Project], s3_env: dict[str, str]
+) -> None:
+    """After the release from the bucket (v2 live, v1 warm). Silence is a breach (traffic is stopped), so only the
+    lease keeps the watcher from firing."""
+    project, _ = runners
+    stack = select_stack(STACK, work_dir=project.dir, env=project.env, create=False)
+    url, target = project.env["PULUMI_BACKEND_URL"], project.target(STACK)
+    target.stop_traffic()
+    try:
+        with release_lock(project.dir, STACK, "promote v9 from another runner", url):
+            paused = mlrelease(project, "watch", "--stack", STACK, "--exit-after-rollback", "--max-seconds", "12")
+            busy = mlrelease(project, "rollback", "--stack", STACK)
+    finally:
+        target.start_traffic(load_spec(project.config("good")).canary.synthetic_rps, project.models.holdout)
+    assert paused.code == 0 and paused.json["phase"] == "stopped" and paused.json["fired_at"] is None, paused
+    assert busy.code == 1 and "promote v9 from another runner" in busy.stderr, busy
+    assert stack.outputs()["verified"].value["live"]["version"] == "v2"
+    assert target.routes().primary == "v2"
+
+
+def test_on_s3_a_drill_is_recovered_by_the_watcher_and_status_and_audit_read_the_bucket(
+    runners: tuple[Project, Project], s3_env: dict[str, str]
+) -> None:
+    project, _ = runners
+    stack = select_stack(STACK, work_dir=project.dir, env=project.env, create=False)
+    result = mlrelease(project, "drill", "--stack", STACK, "--fault", "error", "--budget", str(BUDGET))
+    assert result.code == 0, result
+    report = result.json
+    assert (report["outcome"], report["faulty_version"], report["restored_version"]) == ("recovered", "v2", "v1")
+    assert 0 < report["detection_seconds"] < report["recovery_seconds"] <= BUDGET
+    assert project.target(STACK).routes().model_dump() == {"weights": {"v1": 100.0}, "primary": "v1"}
+    verified = stack.outputs()["verified"].value
+    assert verified["live"]["version"] == "v1" and verified["restored_from"] == "v2"
+
+    status = mlrelease(project, "status", "--stack", STACK)
+    assert status.code == 0, status
+    assert status.json["verified"]["live"]["version"] == "v1" and status.json["operation"] is None, status.json
+    assert status.json["last_drill"].startswith("recovered error "), status.json
+    audited = mlrelease(project, "audit", "--stack", STACK, "--at", datetime.now(UTC).isoformat())
+    assert audited.code == 0, audited
+    top = audited.json["models"][0]
+    assert (top["version"], top["traffic_percent"]) == ("v1", 100.0), audited.json
