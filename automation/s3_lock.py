@@ -24,7 +24,6 @@ import json
 import os
 import socket
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any
 
 import botocore.exceptions
 
+from automation.heartbeat import Heartbeat
 from automation.lock import DEFAULT_LEASE_S, LockBusy, lease_seconds
 from automation.stores.s3 import STORE_ERRORS, Bucket, error_code, missing
 
@@ -76,8 +76,7 @@ class S3Lease:
         self.took_over: dict[str, Any] | None = None
         self._client = self.bucket.client()
         self._etag: str | None = None
-        self._stop = threading.Event()
-        self._beat: threading.Thread | None = None
+        self._beat: Heartbeat | None = None
 
     def _body(self) -> bytes:
         record = {
@@ -111,7 +110,9 @@ class S3Lease:
                 f" ({exc}): check the bucket's endpoint and the AWS credentials, then run {self.operation} again;"
                 " nothing was changed"
             ) from None
-        self._beat = threading.Thread(target=self._heartbeat, name=f"lock-{self.stack}", daemon=True)
+        self._beat = Heartbeat(
+            f"release lock of stack {self.stack}", "the bucket", self.lease_s, self._renew, STORE_ERRORS
+        )
         self._beat.start()
         return self
 
@@ -136,30 +137,19 @@ class S3Lease:
                 held = read(self._client, self.bucket.name, self.key)  # another runner took it over first
         raise LockBusy(busy_message(self.stack, held, self.operation))
 
-    def _heartbeat(self) -> None:
-        """Renew every lease/3 s; a renewal refused by the condition means another runner took the lock over."""
-        last_ok = time.monotonic()
-        while not self._stop.wait(self.lease_s / 3):
-            try:
-                self._etag = self._put(IfMatch=self._etag or "")
-                last_ok = time.monotonic()
-            except botocore.exceptions.ClientError as exc:
-                if _conflict(exc) or missing(exc):
-                    self._lose("another runner took the lock over (our lease had expired)")
-                    return
-            except botocore.exceptions.BotoCoreError:
-                pass
-            if time.monotonic() - last_ok > self.lease_s:
-                self._lose(f"no renewal reached the bucket for {self.lease_s:.0f}s")
-                return
-
-    def _lose(self, why: str) -> None:
-        print(f"mlrelease: warning: lost the release lock of stack {self.stack}: {why}", file=sys.stderr)
+    def _renew(self) -> bool:
+        """One heartbeat: rewrite the object on our ETag; False once another runner has taken it over."""
+        try:
+            self._etag = self._put(IfMatch=self._etag or "")
+        except botocore.exceptions.ClientError as exc:
+            if _conflict(exc) or missing(exc):
+                return False
+            raise
+        return True
 
     def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
         if self._beat is not None:
-            self._beat.join(timeout=15)
+            self._beat.stop()
         try:
             held = read(self._client, self.bucket.name, self.key)
             if held is not None and held.record.get("holder") == self.holder_id:

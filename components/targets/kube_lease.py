@@ -22,7 +22,6 @@ import json
 import os
 import socket
 import sys
-import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from typing import Any
 
 import httpx
 
+from automation.heartbeat import Heartbeat
 from automation.lock import LockBusy, lease_seconds
 from components.targets.base import TargetError
 from components.targets.kube_api import KubeAPI
@@ -81,8 +81,7 @@ class KubeLease:
         self.since = time.time()
         self.took_over: dict[str, Any] | None = None
         self._version: str | None = None
-        self._stop = threading.Event()
-        self._beat: threading.Thread | None = None
+        self._beat: Heartbeat | None = None
 
     def _body(self, version: str | None = None, transitions: int = 0) -> dict[str, Any]:
         host, operation = socket.gethostname(), self.operation
@@ -117,7 +116,9 @@ class KubeLease:
                 f"the release lock of stack {self.stack} (Lease {self.namespace}/{self.name}) could not be taken:"
                 f" {exc}; then run {self.operation} again; nothing was changed"
             ) from None
-        self._beat = threading.Thread(target=self._heartbeat, name=f"lease-{self.stack}", daemon=True)
+        self._beat = Heartbeat(
+            f"release lease of stack {self.stack}", "the API server", self.lease_s, self._renew, (TargetError,)
+        )
         self._beat.start()
         return self
 
@@ -144,30 +145,17 @@ class KubeLease:
             age = _age(lease, response)
         raise LockBusy(busy_message(self.stack, lease, age, self.operation))
 
-    def _heartbeat(self) -> None:
-        """Renew every lease/3 s; a replace refused for its resourceVersion means another runner took it over."""
-        last_ok = time.monotonic()
-        while not self._stop.wait(self.lease_s / 3):
-            try:
-                answer = self.api.request("PUT", f"{self.path}/{self.name}", json=self._body(self._version))
-                if answer.status_code in (404, 409):
-                    self._lose("another runner took the lease over (ours had expired)")
-                    return
-                if answer.status_code < 400:
-                    self._version, last_ok = answer.json()["metadata"]["resourceVersion"], time.monotonic()
-            except TargetError:
-                pass
-            if time.monotonic() - last_ok > self.lease_s:
-                self._lose(f"no renewal reached the API server for {self.lease_s:.0f}s")
-                return
-
-    def _lose(self, why: str) -> None:
-        print(f"mlrelease: warning: lost the release lease of stack {self.stack}: {why}", file=sys.stderr)
+    def _renew(self) -> bool:
+        """One heartbeat: replace the Lease on our resourceVersion; False once another runner has taken it over."""
+        answer = self.api.request("PUT", f"{self.path}/{self.name}", json=self._body(self._version))
+        if answer.status_code in (404, 409):
+            return False
+        self._version = self.api.checked(answer, "renew Lease")["metadata"]["resourceVersion"]
+        return True
 
     def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
         if self._beat is not None:
-            self._beat.join(timeout=15)
+            self._beat.stop()
         try:
             lease = self.api.get(f"{self.path}/{self.name}")
             if lease is not None and lease["spec"].get("holderIdentity") == self.holder_id:
