@@ -72,23 +72,27 @@ def start_apiserver(layout: Layout) -> None:
     )  # fmt: skip
 
 
-def start_forwarder(layout: Layout) -> int:
-    """Start the host-side forwarder and return the host port it listens on."""
-    port_file = layout.run / "forward.port"
+def _forward(layout: Layout, name: str, port_file: Path, direction: str, target_port: int, what: str) -> int:
+    """Start forwarder ``name`` (``cluster/forward.py``, ``in`` or ``out``) unless it runs; return its port."""
     processes.start(
         layout,
-        "forwarder",
-        [sys.executable, "-m", "cluster.forward", "in", layout.netns, str(port_file), str(API_PORT)],
+        name,
+        [sys.executable, "-m", "cluster.forward", direction, layout.netns, str(port_file), str(target_port)],
         in_netns=False,
         env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
     )
 
     def port() -> int | None:
-        processes.check_running(layout, "forwarder")
+        processes.check_running(layout, name)
         text = port_file.read_text().strip() if port_file.exists() else ""
         return int(text) if text else None
 
-    return wait_until(port, 15.0, "the API forwarder to listen")
+    return wait_until(port, 15.0, f"{what} to listen")
+
+
+def start_forwarder(layout: Layout) -> int:
+    """Start the host-side forwarder and return the host port it listens on."""
+    return _forward(layout, "forwarder", layout.run / "forward.port", "in", API_PORT, "the API forwarder")
 
 
 def expose(layout: Layout, host_port: int) -> str:
@@ -100,21 +104,8 @@ def expose(layout: Layout, host_port: int) -> str:
     if not 0 < host_port < 65536:
         raise ClusterError(f"cannot expose port {host_port}: give the host's 127.0.0.1 port, 1-65535")
     name = f"expose-{host_port}"
-    port_file = layout.run / f"{name}.port"
-    processes.start(
-        layout,
-        name,
-        [sys.executable, "-m", "cluster.forward", "out", layout.netns, str(port_file), str(host_port)],
-        in_netns=False,
-        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
-    )
-
-    def port() -> int | None:
-        processes.check_running(layout, name)
-        text = port_file.read_text().strip() if port_file.exists() else ""
-        return int(text) if text else None
-
-    return f"http://{NODE_IP}:{wait_until(port, 15.0, f'the forwarder of host port {host_port} to listen')}"
+    port = _forward(layout, name, layout.run / f"{name}.port", "out", host_port, f"the forwarder of port {host_port}")
+    return f"http://{NODE_IP}:{port}"
 
 
 def start_controllers(layout: Layout) -> None:

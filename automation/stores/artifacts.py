@@ -34,13 +34,13 @@ def cache_root(project_dir: Path) -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path(project_dir) / ".mlrelease" / "artifacts")
 
 
-def _where(url: str) -> str:
+def location(url: str) -> str:
     """The URL as messages name it: without the endpoint query."""
     return url.split("?", 1)[0]
 
 
 def _listing(url: str, bucket: Bucket) -> list[dict]:
-    where = _where(url)
+    where = location(url)
     if not bucket.prefix:
         raise ModelDirError(f"model directory {where} names a bucket, not a directory: use s3://BUCKET/PREFIX/")
     try:
@@ -61,7 +61,7 @@ def _listing(url: str, bucket: Bucket) -> list[dict]:
 def _relative(key: str, prefix: str, url: str) -> PurePosixPath:
     relative = PurePosixPath(key[len(prefix) + 1 :])
     if relative.is_absolute() or ".." in relative.parts or not relative.parts:
-        raise ModelDirError(f"model directory {_where(url)} holds a key {key!r} that leaves the directory: remove it")
+        raise ModelDirError(f"model directory {location(url)} holds a key {key!r} that leaves the directory: remove it")
     return relative
 
 
@@ -92,7 +92,7 @@ def fetch_model_dir(url: str, expected_sha256: str | None, cache: Path) -> Path:
                 bucket.client().download_file(bucket.name, key, str(path))
             except STORE_ERRORS as exc:
                 raise ModelDirError(
-                    f"model directory {_where(url)}: s3://{bucket.name}/{key} cannot be read ({exc})"
+                    f"model directory {location(url)}: s3://{bucket.name}/{key} cannot be read ({exc})"
                 ) from None
         _check(partial, expected_sha256, url)
         try:
@@ -107,7 +107,7 @@ def fetch_model_dir(url: str, expected_sha256: str | None, cache: Path) -> Path:
 
 def _check(directory: Path, expected_sha256: str | None, url: str) -> None:
     """The artifact's digest, with messages naming the object in the bucket rather than the cache's path."""
-    where = _where(url).rstrip("/")
+    where = location(url).rstrip("/")
 
     def named(exc: Exception) -> str:
         return str(exc).replace(str(directory.resolve()), where).replace(str(directory), where)

@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from automation.stores.artifacts import fetch_model_dir
+from automation.stores.artifacts import fetch_model_dir, location
 from serving.artifacts import ArtifactDigestError, ModelDirError
 
 USAGE = "usage: python -m automation.stores.pod_fetch s3://BUCKET/PREFIX/ SHA256 DIR"
@@ -31,7 +31,7 @@ def main(argv: list[str]) -> int:
         return 2
     shutil.rmtree(target, ignore_errors=True)  # a restarted init step: the last attempt's copy
     entry.rename(target)
-    print(f"mlrelease: {url.split('?', 1)[0]} fetched into {target}, sha256 {sha256} verified")
+    print(f"mlrelease: {location(url)} fetched into {target}, sha256 {sha256} verified")
     return 0
 
 

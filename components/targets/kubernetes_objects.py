@@ -298,16 +298,15 @@ class KubernetesObjects:
             "MLSERVER_PARALLEL_WORKERS": "0",
             "OMP_NUM_THREADS": "1",
         }
-        volumes, mounts, init, served_dir = [], [], [], model_dir
+        volumes, mounts, pod, served_dir = [], [], {}, model_dir
         if source:  # the pod fetches it: the runner's copy is on the runner's disk, not the node's
             volumes.append({"name": "model", "emptyDir": {}})
             mounts.append({"name": "model", "mountPath": FETCHED_ROOT, "readOnly": True})
-            init.append(fetch_container(source, model["sha256"], kube))
+            pod["initContainers"] = [fetch_container(source, model["sha256"], kube)]
             served_dir = FETCHED_DIR
         elif kube.model_host_path:
             volumes.append({"name": "model", "hostPath": {"path": model_dir, "type": "Directory"}})
             mounts.append({"name": "model", "mountPath": model_dir, "readOnly": True})
-        pod: dict[str, Any] = {"initContainers": init} if init else {}
         deployment = k8s.apps.v1.Deployment(
             f"{self.name}-model-{name}",
             metadata=meta,
