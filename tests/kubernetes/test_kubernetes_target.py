@@ -21,18 +21,20 @@ from typing import Any
 import pytest
 
 from automation.engine import VENV_DIR
+from components.spec import WatchSpec
 from components.targets.kube_api import KubeAPI
 from components.targets.kubernetes import ROUTER_PORT, router_name, split_name
 from serving.client import v2_request
 from serving.wait import wait_until
 from tests.engine.conftest import mlrelease
-from tests.kubernetes.conftest import NAMESPACE, KubeProject
+from tests.kubernetes.conftest import NAMESPACE, WATCH_P99_MS, KubeProject
 
 pytestmark = pytest.mark.engine
 real = pytest.mark.usefixtures("real_pods")
 
 STACK = "k8s"
 MODEL = "credit-default"
+WATCH_WINDOW_S = WatchSpec().window_seconds
 
 
 def _objects(kube: KubeAPI) -> dict[str, str]:
@@ -199,6 +201,13 @@ def test_a_good_candidate_is_promoted_while_the_router_pods_are_deleted_mid_step
     print(f"router pods replaced and on the live split in {restart_s:.1f}s")
 
 
+def _settled(kproject: KubeProject, version: str) -> bool:
+    """Over the watcher's last window, enough requests on ``version`` and a p99 well under the watcher's limit."""
+    now = time.time()
+    stats = kproject.target(STACK).telemetry(version, now - WATCH_WINDOW_S, now)
+    return (stats.requests or 0) >= 50 and stats.p99_ms is not None and stats.p99_ms < WATCH_P99_MS / 2
+
+
 def _router_pods(kube: KubeAPI) -> list[str]:
     selector = {"labelSelector": f"app.kubernetes.io/instance={router_name(MODEL)}"}
     items = (kube.get(f"/api/v1/namespaces/{NAMESPACE}/pods", params=selector) or {"items": []})["items"]
@@ -234,6 +243,9 @@ def test_a_drill_breaks_the_live_version_and_the_watcher_rolls_back_by_itself(
 ) -> None:
     again = mlrelease(kproject, "promote", "--stack", STACK, "--model", str(kproject.models.models["good"].model_dir))
     assert again.code == 0, (again.json or {}).get("failure") or again
+    # The drill starts on a healthy live version or not at all (a breach before its fault is a real rollback): let
+    # the node settle after the promote's converge, which shared its 2 cores with the pods.
+    wait_until(lambda: _settled(kproject, "v2"), 120, "v2 answering under half the watcher's p99 limit", interval=1)
     drill = mlrelease(kproject, "drill", "--stack", STACK, "--fault", "error", "--budget", "120", timeout=900)
     assert drill.code == 0, drill
     assert drill.json and drill.json["outcome"] == "recovered" and drill.json["restored_version"] == "v1", drill
