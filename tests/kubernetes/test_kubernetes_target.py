@@ -23,7 +23,7 @@ import pytest
 from automation.engine import VENV_DIR
 from components.spec import WatchSpec
 from components.targets.kube_api import KubeAPI
-from components.targets.kubernetes import ROUTER_PORT, router_name, split_name
+from components.targets.kubernetes import ROUTER_PORT, KubernetesTarget, router_name, split_name
 from serving.client import v2_request
 from serving.wait import wait_until
 from tests.engine.conftest import mlrelease
@@ -34,7 +34,7 @@ real = pytest.mark.usefixtures("real_pods")
 
 STACK = "k8s"
 MODEL = "credit-default"
-WATCH_WINDOW_S = WatchSpec().window_seconds
+WATCH = WatchSpec()  # the defaults the stack's watcher runs with, but its p99 limit (WATCH_P99_MS)
 
 
 def _objects(kube: KubeAPI) -> dict[str, str]:
@@ -201,11 +201,11 @@ def test_a_good_candidate_is_promoted_while_the_router_pods_are_deleted_mid_step
     print(f"router pods replaced and on the live split in {restart_s:.1f}s")
 
 
-def _settled(kproject: KubeProject, version: str) -> bool:
-    """Over the watcher's last window, enough requests on ``version`` and a p99 well under the watcher's limit."""
+def _settled(target: KubernetesTarget, version: str) -> bool:
+    """Over the watcher's last window, the requests it needs on ``version`` and a p99 well under its limit."""
     now = time.time()
-    stats = kproject.target(STACK).telemetry(version, now - WATCH_WINDOW_S, now)
-    return (stats.requests or 0) >= 50 and stats.p99_ms is not None and stats.p99_ms < WATCH_P99_MS / 2
+    stats = target.telemetry(version, now - WATCH.window_seconds, now)
+    return (stats.requests or 0) >= WATCH.min_samples and stats.p99_ms is not None and stats.p99_ms < WATCH_P99_MS / 2
 
 
 def _router_pods(kube: KubeAPI) -> list[str]:
@@ -244,8 +244,10 @@ def test_a_drill_breaks_the_live_version_and_the_watcher_rolls_back_by_itself(
     again = mlrelease(kproject, "promote", "--stack", STACK, "--model", str(kproject.models.models["good"].model_dir))
     assert again.code == 0, (again.json or {}).get("failure") or again
     # The drill starts on a healthy live version or not at all (a breach before its fault is a real rollback): let
-    # the node settle after the promote's converge, which shared its 2 cores with the pods.
-    wait_until(lambda: _settled(kproject, "v2"), 120, "v2 answering under half the watcher's p99 limit", interval=1)
+    # the node settle after the promote's converge, which shared its 2 cores with the pods (CI saw p99 3858 ms,
+    # a fresh clone 10 s, on the drill's first look).
+    target = kproject.target(STACK)
+    wait_until(lambda: _settled(target, "v2"), 120, "v2 answering under half the watcher's p99 limit", interval=1)
     drill = mlrelease(kproject, "drill", "--stack", STACK, "--fault", "error", "--budget", "120", timeout=900)
     assert drill.code == 0, drill
     assert drill.json and drill.json["outcome"] == "recovered" and drill.json["restored_version"] == "v1", drill
